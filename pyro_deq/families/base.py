@@ -1,0 +1,67 @@
+"""The base class of exponential families ``h(y) exp(T(y) eta - A(eta))``."""
+
+from __future__ import annotations
+
+import torch
+from torch.distributions import Distribution
+
+__all__ = ["ExponentialFamily"]
+
+
+class ExponentialFamily:
+    """One-parameter exponential family acting elementwise on a canonical parameter.
+
+    Subclasses implement the hooks below. Every hook takes and returns tensors
+    that broadcast elementwise: ``eta`` and ``y`` have any shape, typically
+    ``(N, d)``, and results have the broadcast shape.
+
+    :cvar str name: registry name.
+    :cvar float max_variance: ``sup A''(eta)``, or ``math.inf`` when unbounded;
+        it enters the contraction bound ``||W||^2 sup A'' / lambda``.
+    """
+
+    name: str = ""
+    max_variance: float = float("inf")
+
+    def log_partition(self, eta: torch.Tensor) -> torch.Tensor:
+        """Compute the log-partition ``A(eta)``."""
+        raise NotImplementedError
+
+    def mean(self, eta: torch.Tensor) -> torch.Tensor:
+        """Compute ``A'(eta)``, the mean of the sufficient statistic ``T(y)``."""
+        raise NotImplementedError
+
+    def variance(self, eta: torch.Tensor) -> torch.Tensor:
+        """Compute ``A''(eta)``, the variance of the sufficient statistic ``T(y)``."""
+        raise NotImplementedError
+
+    def sufficient_statistic(self, y: torch.Tensor) -> torch.Tensor:
+        """Compute the sufficient statistic ``T(y)``."""
+        raise NotImplementedError
+
+    def log_base_measure(self, y: torch.Tensor) -> torch.Tensor:
+        """Compute ``log h(y)``."""
+        raise NotImplementedError
+
+    def expected_value(self, eta: torch.Tensor) -> torch.Tensor:
+        """Compute ``E[y]``, which equals :meth:`mean` unless ``T(y)`` rescales ``y``."""
+        return self.mean(eta)
+
+    def distribution(self, eta: torch.Tensor) -> Distribution:
+        """Return the torch distribution with canonical parameter ``eta``."""
+        raise NotImplementedError
+
+    def validate(self, y: torch.Tensor, name: str = "y") -> None:
+        """Raise ``ValueError`` unless every entry of ``y`` lies in the support."""
+        raise NotImplementedError
+
+    def index_rows(self, rows: torch.Tensor, n_rows: int) -> "ExponentialFamily":
+        """Return the family restricted to ``rows`` of an ``n_rows``-row data set.
+
+        Families with per-entry parameters of shape ``(n_rows, d)`` (a Binomial
+        ``total_count`` per entry) override this; the others return ``self``.
+        """
+        return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
