@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch.distributions import Bernoulli as TorchBernoulli
+from pyro.distributions import Bernoulli as PyroBernoulli
 
 from pyro_deq.families._validation import check_data_shape, reject_entries, reject_non_finite
 from pyro_deq.families.base import ExponentialFamily
@@ -55,9 +55,9 @@ class Bernoulli(ExponentialFamily):
         """Return ``log h(y) = 0`` with the shape of ``y``."""
         return torch.zeros_like(y)
 
-    def distribution(self, eta: torch.Tensor) -> TorchBernoulli:
+    def distribution(self, eta: torch.Tensor) -> PyroBernoulli:
         """Return ``torch.distributions.Bernoulli(logits=eta)``, batch shape that of ``eta``."""
-        return TorchBernoulli(logits=eta)
+        return PyroBernoulli(logits=eta)
 
     def validate(self, y: torch.Tensor, name: str = "y", mask: torch.Tensor | None = None) -> None:
         """Raise ``ValueError`` unless ``y`` is 2-D and every checked entry is 0 or 1.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numbers
 
 import torch
-from torch.distributions import Binomial as TorchBinomial
+from pyro.distributions import Binomial as PyroBinomial
 
 from pyro_deq.families._validation import check_data_shape, reject_entries, reject_non_finite
 from pyro_deq.families.base import ExponentialFamily
@@ -58,9 +58,9 @@ class Binomial(ExponentialFamily):
         n = self._count_like(y)
         return torch.lgamma(n + 1) - torch.lgamma(y + 1) - torch.lgamma(n - y + 1)
 
-    def distribution(self, eta: torch.Tensor) -> TorchBinomial:
+    def distribution(self, eta: torch.Tensor) -> PyroBinomial:
         """Return ``torch.distributions.Binomial(n, logits=eta)``; broadcast batch shape."""
-        return TorchBinomial(total_count=self._count_like(eta), logits=eta)
+        return PyroBinomial(total_count=self._count_like(eta), logits=eta)
 
     def validate(self, y: torch.Tensor, name: str = "y", mask: torch.Tensor | None = None) -> None:
         """Raise ``ValueError`` unless every checked entry of ``y`` is a whole number in ``[0, n]``.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch.distributions import ContinuousBernoulli as TorchContinuousBernoulli
+from pyro.distributions import ContinuousBernoulli as PyroContinuousBernoulli
 
 from pyro_deq.families._validation import check_data_shape, reject_entries, reject_non_finite
 from pyro_deq.families.base import ExponentialFamily
@@ -129,7 +129,7 @@ class ContinuousBernoulli(ExponentialFamily):
         """Return ``log h(y) = 0`` with the shape of ``y``."""
         return torch.zeros_like(y)
 
-    def distribution(self, eta: torch.Tensor) -> TorchContinuousBernoulli:
+    def distribution(self, eta: torch.Tensor) -> PyroContinuousBernoulli:
         """Return ``torch.distributions.ContinuousBernoulli(logits=eta)``, batch shape that of ``eta``.
 
         NOTE: torch (checked with 2.13) computes the normaliser from
@@ -138,7 +138,7 @@ class ContinuousBernoulli(ExponentialFamily):
         16 in float32 and 36 in float64. At ``eta = 50`` in float64 the two
         differ by 0.33. :meth:`log_partition` stays exact there.
         """
-        return TorchContinuousBernoulli(logits=eta)
+        return PyroContinuousBernoulli(logits=eta)
 
     def validate(self, y: torch.Tensor, name: str = "y", mask: torch.Tensor | None = None) -> None:
         """Raise ``ValueError`` unless every checked entry of ``y`` lies in ``[0, 1]``.

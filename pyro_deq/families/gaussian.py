@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.distributions import Normal
+from pyro.distributions import Normal
 
 from pyro_deq.families._validation import check_data_shape, reject_non_finite
 from pyro_deq.families.base import ExponentialFamily

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch.distributions import Poisson as TorchPoisson
+from pyro.distributions import Poisson as PyroPoisson
 
 from pyro_deq.families._validation import (
     check_data_shape,
@@ -56,9 +56,9 @@ class Poisson(ExponentialFamily):
         """Compute ``log h(y) = -log(y!)`` with ``lgamma``; same shape as ``y``."""
         return -torch.lgamma(y + 1)
 
-    def distribution(self, eta: torch.Tensor) -> TorchPoisson:
+    def distribution(self, eta: torch.Tensor) -> PyroPoisson:
         """Return ``torch.distributions.Poisson(rate=exp(eta))``, batch shape that of ``eta``."""
-        return TorchPoisson(rate=torch.exp(eta))
+        return PyroPoisson(rate=torch.exp(eta))
 
     def check_canonical(self, eta: torch.Tensor) -> None:
         """Raise :class:`~pyro_deq.errors.NumericalError` where ``eta`` or ``exp(eta)`` is not finite.
