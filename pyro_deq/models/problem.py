@@ -1,0 +1,137 @@
+"""The MAP of one row's latents as a fixed-point problem for exponential-family PCA."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..solvers.problem import Evaluation, FixedPointProblem
+from .data import ModelData
+
+__all__ = ["ExpFamPCAProblem"]
+
+
+class ExpFamPCAProblem(FixedPointProblem):
+    r"""Stationarity of the per-row log joint of exponential-family PCA.
+
+    For each row the log joint, as a function of the latents ``z``, is
+
+    .. math::
+
+        \ell(z) = \sum_j m_j \left[T(y_j)\,\eta_j - A(\eta_j)\right]
+                  - \tfrac{\lambda}{2}\|z\|^2 + \text{const},
+        \qquad \eta = R(Wz + b) + \text{offset},
+
+    and ``z* = argmax ℓ`` is the fixed point of
+
+    .. math:: f(z) = \lambda^{-1} W^\top\left[m \odot R'(u) \odot (T(y) - A'(\eta))\right],
+
+    so the residual ``f(z) - z`` equals ``∇ℓ(z) / λ``. The objective handed to the
+    solvers is ``-ℓ(z)`` per row and the Jacobian of the residual is ``-H / λ`` with
+    the posterior precision
+    ``H = λ I + Wᵀ diag(m (R'(u)² A''(η) - R''(u) (T(y) - A'(η)))) W``.
+
+    Tensors may require grad: every method is differentiable with respect to
+    ``weight`` and ``bias``, which the implicit gradients and the Laplace
+    objective rely on.
+
+    :param family: an :class:`~pyro_deq.families.ExponentialFamily`.
+    :param nonlinearity: the canonical nonlinearity ``R``.
+    :param ModelData data: validated observations, shape ``(N, d)``.
+    :param torch.Tensor weight: loadings ``W``, shape ``(d, k)``.
+    :param torch.Tensor bias: bias ``b``, shape ``(d,)``.
+    :param float prior_precision: ``λ``.
+    """
+
+    has_objective = True
+    has_jacobian = True
+
+    def __init__(self, family, nonlinearity, data: ModelData, weight, bias, prior_precision: float):
+        self.family = family
+        self.nonlinearity = nonlinearity
+        self.data = data
+        self.weight = weight
+        self.bias = bias
+        self.prior_precision = float(prior_precision)
+        self.statistic = family.sufficient_statistic(data.y)
+        if data.mask is not None:
+            self.statistic = self.statistic * data.mask
+
+    @property
+    def contraction_bound(self) -> float | None:
+        """``||W||₂² sup A'' / λ``; ``None`` when ``sup A''`` is unbounded (Poisson)."""
+        if math.isinf(self.family.max_variance):
+            return None
+        spectral = torch.linalg.matrix_norm(self.weight.detach(), ord=2)
+        return float(spectral**2 * self.family.max_variance / self.prior_precision)
+
+    def canonical_parameter(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(u, eta)`` with ``u = W z + b`` and ``eta = R(u) + offset``, each ``(N, d)``."""
+        u = z @ self.weight.transpose(-1, -2) + self.bias
+        eta = self.nonlinearity(u)
+        if self.data.offset is not None:
+            eta = eta + self.data.offset
+        return u, eta
+
+    def _masked(self, value: torch.Tensor) -> torch.Tensor:
+        return value if self.data.mask is None else value * self.data.mask
+
+    def log_likelihood_terms(self, eta: torch.Tensor) -> torch.Tensor:
+        """Sum over features of ``m (T(y) η − A(η))`` per row, shape ``(N,)``; no base measure."""
+        log_partition = self._masked(self.family.log_partition(eta))
+        return (self.statistic * eta).sum(-1) - log_partition.sum(-1)
+
+    def objective(self, z: torch.Tensor) -> torch.Tensor:
+        """Compute ``-ℓ(z)`` per row up to a constant in ``z``, shape ``(N,)``."""
+        _, eta = self.canonical_parameter(z)
+        prior = 0.5 * self.prior_precision * (z * z).sum(-1)
+        return prior - self.log_likelihood_terms(eta)
+
+    def _error_signal(self, u: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+        """``m R'(u) (T(y) − A'(η))``, shape ``(N, d)``."""
+        return self._masked(self.nonlinearity.derivative(u) * (self.statistic - self.family.mean(eta)))
+
+    def gradient(self, z: torch.Tensor) -> torch.Tensor:
+        """Compute ``∇ℓ(z)``, shape ``(N, k)``."""
+        u, eta = self.canonical_parameter(z)
+        return self._error_signal(u, eta) @ self.weight - self.prior_precision * z
+
+    def fixed_point_map(self, z: torch.Tensor) -> torch.Tensor:
+        u, eta = self.canonical_parameter(z)
+        return self._error_signal(u, eta) @ self.weight / self.prior_precision
+
+    def precision(self, z: torch.Tensor) -> torch.Tensor:
+        """Compute the posterior precision ``H = -∇²ℓ(z)``, shape ``(N, k, k)``."""
+        u, eta = self.canonical_parameter(z)
+        return self._precision(u, eta)
+
+    def _precision(self, u: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+        slope = self.nonlinearity.derivative(u)
+        curvature = slope * slope * self.family.variance(eta)
+        if not self.nonlinearity.is_identity:
+            curvature = curvature - self.nonlinearity.second_derivative(u) * (
+                self.statistic - self.family.mean(eta)
+            )
+        curvature = self._masked(curvature)
+
+        weight = self.weight
+        precision = torch.einsum("dk,nd,dl->nkl", weight, curvature, weight)
+        eye = torch.eye(weight.shape[-1], dtype=weight.dtype, device=weight.device)
+        return precision + self.prior_precision * eye
+
+    def evaluate(self, z: torch.Tensor, jacobian: bool = False) -> Evaluation:
+        u, eta = self.canonical_parameter(z)
+        value = self._error_signal(u, eta) @ self.weight / self.prior_precision
+        prior = 0.5 * self.prior_precision * (z * z).sum(-1)
+        objective = prior - self.log_likelihood_terms(eta)
+        jac = None
+        if jacobian:
+            jac = -self._precision(u, eta) / self.prior_precision
+        return Evaluation(value=value, residual=value - z, objective=objective, jacobian=jac)
+
+    def non_finite_rows(self, z: torch.Tensor) -> torch.Tensor:
+        """Indices of rows whose canonical parameter or log-partition is not finite."""
+        _, eta = self.canonical_parameter(z)
+        bad = ~torch.isfinite(eta).all(-1) | ~torch.isfinite(self.family.log_partition(eta)).all(-1)
+        return bad.nonzero().flatten()
