@@ -62,6 +62,8 @@ class ExpFamPCA(PyroModule):
     :param bias: initial bias, shape ``(d,)``; zeros by default.
     :param weight_decay: precision ``τ`` of an optional ``N(0, τ⁻¹)`` prior on each
         loading, which makes ``"weight"`` a latent site; ``None`` keeps it a parameter.
+    :param str name: prefix of the parameter names in Pyro's param store, so that
+        several models can live in one store (``"a"`` gives ``"a.weight"``).
     """
 
     def __init__(
@@ -74,8 +76,9 @@ class ExpFamPCA(PyroModule):
         weight=None,
         bias=None,
         weight_decay: float | None = None,
+        name: str = "",
     ):
-        super().__init__()
+        super().__init__(name=name)
         self.n_features = check_positive_int(n_features, "n_features")
         self.n_components = check_positive_int(n_components, "n_components")
         self.family = families.get(family)
