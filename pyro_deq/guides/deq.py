@@ -88,10 +88,19 @@ class AutoDEQ(AutoGuide):
         return self._adapter[0]
 
     def __getstate__(self):
-        state = super().__getstate__()
-        state = dict(state)
-        state.pop("_adapter", None)
+        # Pyro's AutoGuide drops its reference to the model when pickled, but
+        # every call of this guide runs the model's closed forms or the model
+        # itself, so the adapter, which holds the model, is pickled with it.
+        # AutoGuide.__getstate__ also clears the live guide's model and master
+        # references; they are put back so that pickling leaves it usable.
+        model, master = self._model, self.master
+        state = dict(super().__getstate__())
+        self._model, self.master = model, master
         return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._model = (self.adapter.model,)
 
     # ----------------------------------------------------------- solving
 
