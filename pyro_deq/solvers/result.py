@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
-__all__ = ["SolverResult", "relative_residual", "default_tolerance"]
+from pyro_deq.errors import NumericalError
+
+__all__ = [
+    "SolverResult",
+    "SolverError",
+    "RowTracker",
+    "evaluation_is_finite",
+    "relative_residual",
+    "default_tolerance",
+]
+
+logger = logging.getLogger(__name__)
 
 # Status codes, in increasing order of severity. A result's status is the most
 # severe one over its rows.
@@ -23,6 +37,17 @@ STATUS_MESSAGES = {
     DIVERGED: "the residual rose for some rows, so the iteration was stopped there",
     NON_FINITE: "non-finite values appeared for some rows",
 }
+STATUSES = (CONVERGED, MAX_ITER, STALLED, DIVERGED, NON_FINITE)
+STATUS_INDEX = {status: index for index, status in enumerate(STATUSES)}
+
+
+class SolverError(NumericalError):
+    """Raised by :func:`pyro_deq.solve` with ``throw=True`` when some rows did not converge.
+
+    :ivar dict diagnostics: contains ``result`` (the :class:`SolverResult`),
+        ``status``, ``n_iter``, ``failed_rows`` (indices of the rows that did not
+        converge) and ``residual``.
+    """
 
 
 def relative_residual(residual: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -74,7 +99,7 @@ class SolverResult:
         least-squares fallbacks; for Newton, the number of backtracking steps).
     """
 
-    STATUSES = (CONVERGED, MAX_ITER, STALLED, DIVERGED, NON_FINITE)
+    STATUSES = STATUSES
 
     z: torch.Tensor
     converged: torch.Tensor
@@ -115,9 +140,9 @@ def contraction_hint(bound: float | None) -> str:
     """Describe the contraction bound and suggest Newton or damping."""
     if bound is None:
         return (
-            "The contraction bound ||W||^2 sup A'' / lambda is unbounded for this "
-            "family, so plain iteration need not converge; use method='newton' or a "
-            "damping below 1."
+            "The contraction bound ||W||^2 sup A'' / lambda is unknown for this problem "
+            "or unbounded for its family, so plain iteration need not converge; use "
+            "method='newton' or a damping below 1."
         )
     if bound >= 1:
         return (
@@ -126,3 +151,205 @@ def contraction_hint(bound: float | None) -> str:
             f"below {2.0 / (1.0 + bound):.3g}."
         )
     return f"The contraction bound ||W||^2 sup A'' / lambda is {bound:.3g}."
+
+
+class RowTracker:
+    """Per-row bookkeeping shared by the solvers: iterates, status and histories.
+
+    A row is active while its status is ``max_iter``. Every other status is
+    final, so a row stops moving once it converges, stalls, diverges or turns
+    non-finite. Non-finite iterates are never stored, so :attr:`z`,
+    :attr:`best_z` and the histories stay finite whenever the starting point is.
+
+    :param str method: solver name, used in log records and in the result.
+    :param torch.Tensor z: starting point, shape ``(N, k)``.
+    :param evaluation: the problem evaluated at ``z``
+        (a :class:`~pyro_deq.solvers.problem.Evaluation`).
+    :param float tol: relative residual tolerance.
+    :param float divergence_factor: a row diverges when its residual norm
+        ``||f(z) - z||`` stays above ``divergence_factor`` times its smallest
+        value so far for ``divergence_patience`` consecutive iterations;
+        ``math.inf`` disables the check. The check uses the absolute norm
+        because the relative residual saturates near 1 while an iterate runs off.
+    :param int divergence_patience: see ``divergence_factor``.
+    :param callback: optional ``callback(n_iter, z, residual)`` called after
+        each iteration with the current iterate ``(N, k)`` and relative
+        residual ``(N,)``.
+    :param bool keep_best: return each row's lowest-residual iterate (Anderson,
+        Picard) instead of its last one (Newton, whose line search makes the
+        last point the best in objective).
+    """
+
+    def __init__(
+        self,
+        method: str,
+        z: torch.Tensor,
+        evaluation,
+        tol: float,
+        divergence_factor: float = math.inf,
+        divergence_patience: int = 1,
+        callback: Callable | None = None,
+        keep_best: bool = True,
+    ):
+        self.method = method
+        self.keep_best = keep_best
+        self.tol = tol
+        self.divergence_factor = divergence_factor
+        self.divergence_patience = divergence_patience
+        self.callback = callback
+        self.n_iter = 0
+
+        n_rows = z.shape[0]
+        finite = evaluation_is_finite(evaluation, z)
+        self.status = torch.full((n_rows,), STATUS_INDEX[MAX_ITER], dtype=torch.long, device=z.device)
+        self.rising_streak = torch.zeros(n_rows, dtype=torch.long, device=z.device)
+        self.row_iterations = torch.zeros(n_rows, dtype=torch.long, device=z.device)
+
+        self.z = z.clone()
+        self.residual = _finite_or_inf(relative_residual(evaluation.residual, evaluation.value), finite)
+        self.objective = None
+        if evaluation.objective is not None:
+            self.objective = _finite_or_inf(evaluation.objective, finite)
+        self.best_z = self.z.clone()
+        self.best_residual = self.residual.clone()
+        self.min_residual_norm = _finite_or_inf(evaluation.residual.norm(dim=-1), finite)
+
+        self._set_status(~finite, NON_FINITE)
+        self._set_status(self.residual <= tol, CONVERGED)
+        self.residual_history = [self.residual]
+        self.objective_history = None if self.objective is None else [self.objective]
+
+    @property
+    def active(self) -> torch.Tensor:
+        """Rows still iterating, shape ``(N,)``, bool."""
+        return self.status == STATUS_INDEX[MAX_ITER]
+
+    def any_active(self) -> bool:
+        """Return whether any row is still iterating."""
+        return bool(self.active.any())
+
+    def update(self, z: torch.Tensor, evaluation, rows: torch.Tensor, finite: torch.Tensor | None = None) -> None:
+        """Record one iteration in which the rows flagged in ``rows`` moved to ``z``.
+
+        :param torch.Tensor z: new iterate, shape ``(N, k)``; rows outside
+            ``rows`` are ignored.
+        :param evaluation: the problem evaluated at ``z``.
+        :param torch.Tensor rows: rows that took a step, shape ``(N,)``, bool.
+        :param torch.Tensor finite: rows the caller already found finite,
+            shape ``(N,)``, bool; ``None`` checks here.
+        """
+        self.n_iter += 1
+        rows = rows & self.active
+        self.row_iterations += rows
+
+        if finite is None:
+            finite = evaluation_is_finite(evaluation, z)
+            self._set_status(rows & ~finite, NON_FINITE)
+        moved = rows & finite
+
+        residual = relative_residual(evaluation.residual, evaluation.value)
+        objective = evaluation.objective if self.objective is not None else None
+        if bool(moved.all()):
+            # Every row moved: the common case, and cheaper without masking.
+            self.z, self.residual = z, residual
+            self.objective = objective if objective is not None else self.objective
+        else:
+            self.z = torch.where(moved[:, None], z, self.z)
+            self.residual = torch.where(moved, residual, self.residual)
+            if objective is not None:
+                self.objective = torch.where(moved, objective, self.objective)
+
+        if self.keep_best:
+            self._track_best(moved)
+        self._set_status(moved & (self.residual <= self.tol), CONVERGED)
+        if self.divergence_factor < math.inf:
+            self._check_divergence(moved, evaluation.residual.norm(dim=-1))
+        self._record()
+
+    def mark(self, rows: torch.Tensor, status: str) -> None:
+        """Give the active rows flagged in ``rows`` (shape ``(N,)``) a final ``status``."""
+        self._set_status(rows, status)
+
+    def result(self, contraction_bound: float | None, stats: dict) -> SolverResult:
+        """Build the :class:`SolverResult`, with ``row_iterations`` added to ``stats``."""
+        z = self.best_z if self.keep_best else self.z
+        residual = self.best_residual if self.keep_best else self.residual
+        stats = dict(stats, row_iterations=self.row_iterations)
+        objective_history = None
+        if self.objective_history is not None:
+            objective_history = torch.stack(self.objective_history)
+        return SolverResult(
+            z=z,
+            converged=self.status == STATUS_INDEX[CONVERGED],
+            n_iter=self.n_iter,
+            residual=residual,
+            residual_history=torch.stack(self.residual_history),
+            objective_history=objective_history,
+            row_status=self.status,
+            method=self.method,
+            tol=self.tol,
+            contraction_bound=contraction_bound,
+            stats=stats,
+        )
+
+    def _set_status(self, rows: torch.Tensor, status: str) -> None:
+        rows = rows & self.active
+        self.status = torch.where(rows, STATUS_INDEX[status], self.status)
+
+    def _track_best(self, moved: torch.Tensor) -> None:
+        improved = moved & (self.residual < self.best_residual)
+        self.best_z = torch.where(improved[:, None], self.z, self.best_z)
+        self.best_residual = torch.where(improved, self.residual, self.best_residual)
+
+    def _check_divergence(self, moved: torch.Tensor, residual_norm: torch.Tensor) -> None:
+        rising = moved & (residual_norm > self.divergence_factor * self.min_residual_norm)
+        self.min_residual_norm = torch.where(
+            moved, torch.minimum(self.min_residual_norm, residual_norm), self.min_residual_norm
+        )
+        self.rising_streak = torch.where(rising, self.rising_streak + 1, torch.where(moved, 0, self.rising_streak))
+        self._set_status(self.rising_streak >= self.divergence_patience, DIVERGED)
+
+    def _record(self) -> None:
+        self.residual_history.append(self.residual)
+        if self.objective_history is not None:
+            self.objective_history.append(self.objective)
+
+        if logger.isEnabledFor(logging.DEBUG) and self.residual.numel():
+            logger.debug(
+                "%s iteration %d: %d of %d rows active, max relative residual %.3g",
+                self.method,
+                self.n_iter,
+                int(self.active.sum()),
+                self.residual.numel(),
+                float(self.residual.max()),
+            )
+        if self.callback is not None:
+            self.callback(self.n_iter, self.z, self.residual)
+
+
+def evaluation_is_finite(evaluation, z: torch.Tensor | None = None) -> torch.Tensor:
+    """Flag the rows whose iterate, value, residual, objective and Jacobian are finite.
+
+    Summing each row first is several times faster than testing every entry,
+    and a NaN or infinite entry makes its row's sum NaN or infinite. A row of
+    finite entries whose sum overflows counts as non-finite, which only affects
+    points near the floating-point range that no solver should accept.
+
+    :param evaluation: an :class:`~pyro_deq.solvers.problem.Evaluation`; its
+        objective and Jacobian enter when present.
+    :param z: the iterate, shape ``(N, k)``, or ``None`` to skip it.
+    :returns: shape ``(N,)``, bool.
+    """
+    total = evaluation.value.sum(-1) + evaluation.residual.sum(-1)
+    if z is not None:
+        total = total + z.sum(-1)
+    if evaluation.objective is not None:
+        total = total + evaluation.objective
+    if evaluation.jacobian is not None:
+        total = total + evaluation.jacobian.sum((-2, -1))
+    return torch.isfinite(total)
+
+
+def _finite_or_inf(values: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+    """Replace the entries of non-finite rows by ``+inf``, so no NaN reaches a result."""
+    return torch.where(finite, values, torch.full_like(values, math.inf))

@@ -1,0 +1,197 @@
+"""Batched Newton's method on the residual, with a per-row backtracking line search."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from pyro_deq.solvers.problem import Evaluation, FixedPointProblem
+from pyro_deq.solvers.result import STALLED, RowTracker, SolverResult, evaluation_is_finite
+
+__all__ = ["newton_solve", "MAX_BACKTRACKS", "ROUNDING_ULPS"]
+
+# Halving a step 30 times shrinks it by 2**-30 (about 1e-9): below the float32
+# resolution of a unit-scale iterate and near the float64 square-root
+# precision, so a row with no acceptable step by then has no decrease left to find.
+MAX_BACKTRACKS = 30
+
+# A trial point is accepted when its objective exceeds the current one by at most
+# ROUNDING_ULPS * eps * (1 + |objective|). The objective is a sum over features,
+# so its rounding error grows with their number. Near the solution a Newton step
+# changes it by less than that error, and a strict decrease test would reject
+# good steps and stall rows that are about to converge.
+ROUNDING_ULPS = 100.0
+
+
+def newton_solve(
+    problem: FixedPointProblem,
+    z0: torch.Tensor,
+    *,
+    tol: float,
+    max_iter: int,
+    max_backtracks: int = MAX_BACKTRACKS,
+    callback: Callable | None = None,
+) -> SolverResult:
+    r"""Solve ``r(z) = f(z) - z = 0`` row by row with Newton's method.
+
+    Each iteration takes the direction :math:`\Delta = -J^{-1} r` per row, with
+    :math:`J = \partial r / \partial z` of shape ``(N, k, k)``, and a
+    backtracking line search that halves the step until the merit function does
+    not increase beyond a rounding allowance. The merit function is the
+    problem's objective when it has one, and :math:`\tfrac12 \|r\|^2` otherwise.
+
+    A problem with an objective must satisfy :math:`r = -c \nabla \text{objective}`
+    for some :math:`c > 0` (for a model, :math:`r = \nabla \ell / \lambda` and the
+    objective is :math:`-\ell`). Then :math:`\Delta` is a descent direction when
+    :math:`r^\top \Delta > 0`, which is true whenever :math:`-J` is positive
+    definite. A row whose solve fails or whose direction is not a descent
+    direction takes a residual step :math:`\Delta = r` instead (for the
+    :math:`\tfrac12 \|r\|^2` merit, the steepest-descent step
+    :math:`\Delta = -J^\top r`); ``stats["n_fallbacks"]`` counts these.
+
+    Every trial point is evaluated with its Jacobian, and the accepted one is
+    reused by the next iteration, so an iteration whose first trial is accepted
+    costs one gradient-and-Hessian evaluation. Rows that meet ``tol`` stop
+    moving. A row with no acceptable step after ``max_backtracks`` halvings is
+    marked ``stalled`` and keeps its last accepted point, which is its best in
+    the merit function up to the rounding allowance.
+
+    Called through :func:`pyro_deq.solve`, which validates the arguments and
+    runs this function under :func:`torch.no_grad`.
+
+    :param FixedPointProblem problem: the batch of problems; must have a Jacobian.
+    :param torch.Tensor z0: starting point, shape ``(N, k)``: batch ``N`` rows,
+        event ``k`` latent components.
+    :param float tol: relative residual tolerance per row.
+    :param int max_iter: maximum number of Newton iterations.
+    :param int max_backtracks: maximum number of step halvings per iteration.
+    :param callback: optional ``callback(n_iter, z, residual)``, see
+        :class:`~pyro_deq.solvers.result.RowTracker`.
+    :returns: a :class:`SolverResult`; ``stats`` contains the ints ``n_fallbacks``,
+        ``n_backtracks`` (row halvings) and ``n_evaluations``.
+    """
+    if not problem.has_jacobian:
+        raise NotImplementedError(
+            f"method='newton' needs a problem with a Jacobian, and {type(problem).__name__} "
+            "has none; use method='anderson' or implement evaluate(z, jacobian=True)."
+        )
+
+    evaluation = problem.evaluate(z0, jacobian=True)
+    _check_evaluation(problem, evaluation)
+    tracker = RowTracker("newton", z0, evaluation, tol, callback=callback, keep_best=False)
+    stats = {"n_fallbacks": 0, "n_backtracks": 0, "n_evaluations": 1}
+
+    while tracker.n_iter < max_iter and tracker.any_active():
+        active = tracker.active
+        direction, fallback = _newton_direction(evaluation, problem.has_objective)
+        stats["n_fallbacks"] += int((fallback & active).sum())
+
+        z, evaluation, accepted = _line_search(problem, tracker.z, evaluation, direction, active, max_backtracks, stats)
+        tracker.update(z, evaluation, accepted, finite=accepted)
+        tracker.mark(active & ~accepted, STALLED)
+
+    return tracker.result(problem.contraction_bound, stats=stats)
+
+
+def _check_evaluation(problem: FixedPointProblem, evaluation: Evaluation) -> None:
+    """Raise when ``evaluate`` did not return what the problem's flags promise."""
+    name = type(problem).__name__
+    if evaluation.jacobian is None:
+        raise TypeError(f"{name}.evaluate(z, jacobian=True) returned no Jacobian although has_jacobian is True.")
+    if problem.has_objective and evaluation.objective is None:
+        raise TypeError(f"{name}.evaluate(z) returned no objective although has_objective is True.")
+
+
+def _newton_direction(evaluation: Evaluation, has_objective: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compute the Newton direction per row, with the fallback step where it fails.
+
+    :returns: the direction, shape ``(N, k)``, and the fallback flags, shape ``(N,)``.
+    """
+    residual = evaluation.residual
+    jacobian = evaluation.jacobian
+    newton, info = torch.linalg.solve_ex(jacobian, -residual)
+
+    if has_objective:
+        fallback_step = residual
+    else:
+        fallback_step = -(jacobian.transpose(-1, -2) @ residual.unsqueeze(-1)).squeeze(-1)
+
+    # The merit's directional derivative along the Newton direction is
+    # -descent times a positive factor. A NaN or infinite entry of the
+    # direction makes it NaN or infinite, so this test also rejects those.
+    descent = (fallback_step * newton).sum(-1)
+    usable = (info == 0) & (descent > 0) & (descent < math.inf)
+    if bool(usable.all()):
+        return newton, ~usable
+    return torch.where(usable[:, None], newton, fallback_step), ~usable
+
+
+def _merit(evaluation: Evaluation, has_objective: bool) -> torch.Tensor:
+    """Return the per-row merit function, shape ``(N,)``."""
+    if has_objective:
+        return evaluation.objective
+    return 0.5 * evaluation.residual.square().sum(-1)
+
+
+def _line_search(
+    problem: FixedPointProblem,
+    z: torch.Tensor,
+    evaluation: Evaluation,
+    direction: torch.Tensor,
+    active: torch.Tensor,
+    max_backtracks: int,
+    stats: dict,
+) -> tuple[torch.Tensor, Evaluation, torch.Tensor]:
+    """Backtrack per row from the full step until the merit function is acceptable.
+
+    :returns: the new iterate ``(N, k)``, its evaluation (with Jacobian), and
+        the rows that found an acceptable step, shape ``(N,)``, bool. Only the
+        accepted rows of the iterate and the evaluation are meaningful.
+    """
+    merit = _merit(evaluation, problem.has_objective)
+    eps = torch.finfo(z.dtype).eps
+    ceiling = merit + ROUNDING_ULPS * eps * (1.0 + merit.abs())
+
+    step = active.to(z.dtype)
+    all_active = bool(active.all())
+    pending = active
+    accepted = torch.zeros_like(active)
+    for attempt in range(max_backtracks + 1):
+        if attempt > 0:
+            step = torch.where(pending, 0.5 * step, torch.zeros_like(step))
+            stats["n_backtracks"] += int(pending.sum())
+
+        if attempt == 0 and all_active:
+            trial_z = z + direction
+        else:
+            trial_z = z + step[:, None] * direction
+        trial = problem.evaluate(trial_z, jacobian=True)
+        stats["n_evaluations"] += 1
+        good = pending & evaluation_is_finite(trial) & (_merit(trial, problem.has_objective) <= ceiling)
+
+        if attempt == 0:
+            new_z, new_evaluation = trial_z, trial
+        else:
+            new_z = torch.where(good[:, None], trial_z, new_z)
+            new_evaluation = _select_rows(good, trial, new_evaluation)
+        accepted = accepted | good
+        pending = pending & ~good
+        if not pending.any():
+            break
+
+    return new_z, new_evaluation, accepted
+
+
+def _select_rows(rows: torch.Tensor, chosen: Evaluation, other: Evaluation) -> Evaluation:
+    """Merge two evaluations, taking the rows flagged in ``rows`` from ``chosen``."""
+    objective = None
+    if chosen.objective is not None:
+        objective = torch.where(rows, chosen.objective, other.objective)
+    return Evaluation(
+        value=torch.where(rows[:, None], chosen.value, other.value),
+        residual=torch.where(rows[:, None], chosen.residual, other.residual),
+        objective=objective,
+        jacobian=torch.where(rows[:, None, None], chosen.jacobian, other.jacobian),
+    )
