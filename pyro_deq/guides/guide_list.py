@@ -39,6 +39,18 @@ class AutoDEQGuideList(AutoGuideList):
             result.update(self._call_part(part, "__call__", dict(result), args, kwargs))
         return result
 
+    def _create_plates(self, *args, **kwargs):
+        # Each AutoDEQ part opens its own data plate on the rows it solves for.
+        # A second plate of the same name, opened here from the prototype,
+        # would record the plate's subsample site twice in the guide trace.
+        local = {part.adapter.plate for part in self if isinstance(part, AutoDEQ)}
+        frames = self._prototype_frames
+        self._prototype_frames = {name: frame for name, frame in frames.items() if name not in local}
+        try:
+            return super()._create_plates(*args, **kwargs)
+        finally:
+            self._prototype_frames = frames
+
     @staticmethod
     def _call_part(part, method: str, globals_: dict, args, kwargs, *extra):
         if not isinstance(part, AutoDEQ):
