@@ -138,15 +138,27 @@ class ExpFamPCA(PyroModule):
     def _prepare_cached(self, y, mask, offset) -> ModelData:
         # SVI calls the model with the same tensors at every step, so the
         # validation is redone only when the arguments or their contents change.
-        key = tuple(
-            (id(a), a._version) if isinstance(a, torch.Tensor) else id(a) for a in (y, mask, offset)
-        )
+        # The cache holds the arguments themselves: comparing ids alone would
+        # match a new tensor that reuses the memory of a freed one.
+        arguments = (y, mask, offset)
+        versions = tuple(a._version if isinstance(a, torch.Tensor) else None for a in arguments)
         cached = getattr(self, "_data_cache", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        if (
+            cached is not None
+            and all(a is b for a, b in zip(cached[0], arguments))
+            and cached[1] == versions
+        ):
+            return cached[2]
         data = self.prepare(y, mask, offset)
-        object.__setattr__(self, "_data_cache", (key, data))
+        object.__setattr__(self, "_data_cache", (arguments, versions, data))
         return data
+
+    def __getstate__(self):
+        # The validated-data cache refers to the caller's tensors; it is not
+        # part of the model.
+        state = dict(super().__getstate__())
+        state.pop("_data_cache", None)
+        return state
 
     # ----------------------------------------------------------------- model
 
