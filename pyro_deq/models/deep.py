@@ -32,6 +32,11 @@ class DeepExpFamPCA(PyroModule):
     stationarity condition over all layers is one fixed point in the
     concatenation ``[z_1, …, z_L]`` of shape ``(N, k_1 + … + k_L)``.
 
+    NOTE: with ReLU hidden layers the joint log joint is not differentiable
+    where a hidden pre-activation is zero, and its maximum can sit on such a
+    kink. There no stationary point exists, and :func:`pyro_deq.solve` reports
+    the affected rows as unconverged instead of returning a fixed point.
+
     Sites: plate ``"data"``, latent sites ``"z1"`` … ``"zL"``, observed ``"y"``.
     Parameters: ``weight1`` … ``weightL`` (``W_l`` of shape ``(k_{l-1}, k_l)``) and
     ``bias1`` … ``biasL``.
