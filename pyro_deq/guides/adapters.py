@@ -149,6 +149,7 @@ class GenericAdapter:
         self.plate = plate
         self.latent_names = [latent]
         self.latent_sizes = None
+        self.latent_dtype = None
         self.plate_dim = -1
 
     def _hidden_trace(self, args, kwargs, replay_trace=None, conditioned=None):
@@ -183,6 +184,7 @@ class GenericAdapter:
             )
         self.plate_dim = frames[0].dim
         self.latent_sizes = [site["value"].shape[-1]]
+        self.latent_dtype = site["value"].dtype
         return trace
 
     def batch_data(self, trace, batch: RowBatch):

@@ -144,7 +144,9 @@ class AutoDEQ(AutoGuide):
         size = sum(self.adapter.latent_sizes)
         n_rows = int(batch.rows.numel())
         params = self.adapter.parameters(draw)
-        dtype = params[0].dtype if params else torch.get_default_dtype()
+        # Generic models expose no parameters; their latent's dtype comes from
+        # the hidden run of the model.
+        dtype = params[0].dtype if params else self.adapter.latent_dtype
         device = batch.rows.device
         z = self._solve_rows(problem, n_rows, size, dtype, device)
         if gradient == "envelope" or not torch.is_grad_enabled():
