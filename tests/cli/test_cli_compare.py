@@ -1,0 +1,76 @@
+"""Tests of the ``pyro-deq compare`` wiring, with a stand-in for ``pyro_deq.comparison.compare``."""
+
+import sys
+import types
+
+import matplotlib.pyplot as plt
+import pytest
+
+import pyro_deq.comparison
+from pyro_deq.cli.main import main
+
+
+class FakeReport:
+    def to_markdown(self):
+        return "| method | time |\n|---|---|\n| AutoDEQ | 1 |"
+
+    def save(self, directory, figures):
+        (directory / "report.md").write_text(self.to_markdown())
+        for name, figure in figures.items():
+            figure.savefig(directory / f"{name}.png")
+
+
+@pytest.fixture
+def fake_compare(monkeypatch):
+    calls = []
+
+    def compare(model, y, **kwargs):
+        calls.append((model, y, kwargs))
+        return FakeReport()
+
+    def report_figures(report):
+        figure, _ = plt.subplots()
+        return {"latents": figure}
+
+    monkeypatch.setattr(pyro_deq.comparison, "compare", compare, raising=False)
+    monkeypatch.setitem(sys.modules, "pyro_deq.plotting", types.SimpleNamespace(report_figures=report_figures))
+    return calls
+
+
+def test_compare_passes_options_and_saves(tmp_path, fake_compare, capsys, monkeypatch):
+    monkeypatch.setenv("PYRO_DEQ_QUICK", "1")
+    out = tmp_path / "report"
+    status = main(["compare", "--dataset", "digits", "--latent-dim", "3", "--subset", "20",
+                   "--seed", "4", "--out", str(out), "--quiet"])
+    assert status == 0
+    model, y, kwargs = fake_compare[0]
+    assert model.n_components == 3
+    assert tuple(y.shape) == (1797, 64)
+    assert kwargs["quick"] is True
+    assert kwargs["subset"] == 20
+    assert kwargs["seed"] == 4
+    assert kwargs["dataset_name"] == "digits"
+    assert len(kwargs["labels"]) == 1797
+    assert (out / "report.md").exists()
+    assert (out / "latents.png").exists()
+    assert "AutoDEQ" in capsys.readouterr().out
+
+
+def test_compare_family_outside_support_exits_2(tmp_path, fake_compare, capsys):
+    out = tmp_path / "report"
+    assert main(["compare", "--family", "poisson", "--dataset", "breast_cancer", "--out", str(out)]) == 2
+    assert "breast_cancer" in capsys.readouterr().err
+    assert not out.exists()
+    assert fake_compare == []
+
+
+def test_compare_failure_leaves_nothing(tmp_path, fake_compare, monkeypatch):
+    def failing_save(self, directory, figures):
+        (directory / "report.md").write_text("partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(FakeReport, "save", failing_save)
+    out = tmp_path / "report"
+    assert main(["compare", "--out", str(out), "--quiet"]) == 1
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
