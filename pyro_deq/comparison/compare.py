@@ -185,6 +185,7 @@ def _compare(model, y_all, labels, offset_all, train_rows, heldout_rows, methods
         latents=all_latents,
         labels=labels,
         subset_rows=subset_rows.numpy(),
+        parameters={"weight": fixed.weight.detach().numpy(), "bias": fixed.bias.detach().numpy()},
         metadata={
             "dataset": dataset_name or "user data",
             "family": model.family.name,

@@ -46,6 +46,8 @@ class ComparisonReport:
     :ivar np.ndarray latents: DEQ MAP of every row under the trained model, shape ``(N, k)``.
     :ivar labels: row labels, shape ``(N,)``, or ``None``.
     :ivar np.ndarray subset_rows: rows of the conditional comparison, shape ``(n,)``.
+    :ivar dict parameters: the fixed ``θ`` of the conditional comparison,
+        ``"weight"`` ``(d, k)`` and ``"bias"`` ``(d,)``.
     :ivar dict metadata: data set, sizes, seed and timing.
     """
 
@@ -58,6 +60,7 @@ class ComparisonReport:
     latents: np.ndarray
     labels: np.ndarray | None
     subset_rows: np.ndarray
+    parameters: dict = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
 
     def to_markdown(self) -> str:
