@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     figures = _figures(report)
     try:
         with staged_output(out, args.force) as staging:
-            report.save(staging, figures=figures)
+            report.save(staging, figures=figures, overwrite=True)
     finally:
         _close(figures)
 
