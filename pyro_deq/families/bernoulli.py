@@ -56,7 +56,7 @@ class Bernoulli(ExponentialFamily):
         return torch.zeros_like(y)
 
     def distribution(self, eta: torch.Tensor) -> PyroBernoulli:
-        """Return ``torch.distributions.Bernoulli(logits=eta)``, batch shape that of ``eta``."""
+        """Return ``pyro.distributions.Bernoulli(logits=eta)``, batch shape that of ``eta``."""
         return PyroBernoulli(logits=eta)
 
     def validate(self, y: torch.Tensor, name: str = "y", mask: torch.Tensor | None = None) -> None:

@@ -59,7 +59,7 @@ class Binomial(ExponentialFamily):
         return torch.lgamma(n + 1) - torch.lgamma(y + 1) - torch.lgamma(n - y + 1)
 
     def distribution(self, eta: torch.Tensor) -> PyroBinomial:
-        """Return ``torch.distributions.Binomial(n, logits=eta)``; broadcast batch shape."""
+        """Return ``pyro.distributions.Binomial(n, logits=eta)``; broadcast batch shape."""
         return PyroBinomial(total_count=self._count_like(eta), logits=eta)
 
     def validate(self, y: torch.Tensor, name: str = "y", mask: torch.Tensor | None = None) -> None:

@@ -130,7 +130,7 @@ class ContinuousBernoulli(ExponentialFamily):
         return torch.zeros_like(y)
 
     def distribution(self, eta: torch.Tensor) -> PyroContinuousBernoulli:
-        """Return ``torch.distributions.ContinuousBernoulli(logits=eta)``, batch shape that of ``eta``.
+        """Return ``pyro.distributions.ContinuousBernoulli(logits=eta)``, batch shape that of ``eta``.
 
         NOTE: torch (checked with 2.13) computes the normaliser from
         probabilities clamped to ``[eps, 1 - eps]``, so its ``log_prob`` drifts

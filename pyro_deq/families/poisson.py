@@ -57,7 +57,7 @@ class Poisson(ExponentialFamily):
         return -torch.lgamma(y + 1)
 
     def distribution(self, eta: torch.Tensor) -> PyroPoisson:
-        """Return ``torch.distributions.Poisson(rate=exp(eta))``, batch shape that of ``eta``."""
+        """Return ``pyro.distributions.Poisson(rate=exp(eta))``, batch shape that of ``eta``."""
         return PyroPoisson(rate=torch.exp(eta))
 
     def check_canonical(self, eta: torch.Tensor) -> None:
