@@ -79,6 +79,17 @@ def make_problem(n_rows: int, n_features: int, n_components: int, seed: int = 0)
     return BernoulliPCAProblem(y, weight, bias, PRIOR_PRECISION)
 
 
+def model_problem_like(problem: BernoulliPCAProblem):
+    """The same MAP problem built by the library's own ``ExpFamPCA`` model."""
+    from pyro_deq import ExpFamPCA
+
+    model = ExpFamPCA(problem.weight.shape[0], problem.weight.shape[1], family="bernoulli",
+                      prior_precision=problem.prior_precision, weight=problem.weight, bias=problem.bias,
+                      name="benchmark")
+    with torch.no_grad():
+        return model.problem(problem.y)
+
+
 def bare_newton(problem: BernoulliPCAProblem, z0: torch.Tensor, tol: float) -> tuple[torch.Tensor, int]:
     """Run plain batched Newton until the max relative residual is at most ``tol``.
 
@@ -133,6 +144,9 @@ def run_benchmark(size: dict, repeats: int) -> dict:
     bare_residual = float(relative_residual(bare_value - bare_z, bare_value).max())
 
     library_time = median_seconds(lambda: solve(problem, z0, method="newton", tol=TOL), repeats)
+    model_problem = model_problem_like(problem)
+    model_result = solve(model_problem, z0, method="newton", tol=TOL)
+    model_time = median_seconds(lambda: solve(model_problem, z0, method="newton", tol=TOL), repeats)
     bare_time = median_seconds(lambda: bare_newton(problem, z0, TOL), repeats)
     floor_time = median_seconds(lambda: evaluation_floor(problem, z0, result.n_iter), repeats)
     return {
@@ -153,6 +167,10 @@ def run_benchmark(size: dict, repeats: int) -> dict:
         "bare_seconds": bare_time,
         "floor_seconds": floor_time,
         "ratio": library_time / bare_time,
+        "model_iterations": model_result.n_iter,
+        "model_max_residual": float(model_result.residual.max()),
+        "model_seconds": model_time,
+        "model_ratio": model_time / bare_time,
         "floor_ratio": floor_time / bare_time,
         "torch": torch.__version__,
     }

@@ -90,7 +90,10 @@ class ExpFamPCAProblem(FixedPointProblem):
 
     def _error_signal(self, u: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
         """``m R'(u) (T(y) − A'(η))``, shape ``(N, d)``."""
-        return self._masked(self.nonlinearity.derivative(u) * (self.statistic - self.family.mean(eta)))
+        signal = self.statistic - self.family.mean(eta)
+        if not self.nonlinearity.is_identity:
+            signal = self.nonlinearity.derivative(u) * signal
+        return self._masked(signal)
 
     def gradient(self, z: torch.Tensor) -> torch.Tensor:
         """Compute ``∇ℓ(z)``, shape ``(N, k)``."""
@@ -107,10 +110,10 @@ class ExpFamPCAProblem(FixedPointProblem):
         return self._precision(u, eta)
 
     def _precision(self, u: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
-        slope = self.nonlinearity.derivative(u)
-        curvature = slope * slope * self.family.variance(eta)
+        curvature = self.family.variance(eta)
         if not self.nonlinearity.is_identity:
-            curvature = curvature - self.nonlinearity.second_derivative(u) * (
+            slope = self.nonlinearity.derivative(u)
+            curvature = slope * slope * curvature - self.nonlinearity.second_derivative(u) * (
                 self.statistic - self.family.mean(eta)
             )
         curvature = self._masked(curvature)
