@@ -14,7 +14,7 @@ class FakeReport:
     def to_markdown(self):
         return "| method | time |\n|---|---|\n| AutoDEQ | 1 |"
 
-    def save(self, directory, figures):
+    def save(self, directory, figures, overwrite=False):
         (directory / "report.md").write_text(self.to_markdown())
         for name, figure in figures.items():
             figure.savefig(directory / f"{name}.png")
@@ -65,7 +65,7 @@ def test_compare_family_outside_support_exits_2(tmp_path, fake_compare, capsys):
 
 
 def test_compare_failure_leaves_nothing(tmp_path, fake_compare, monkeypatch):
-    def failing_save(self, directory, figures):
+    def failing_save(self, directory, figures, overwrite=False):
         (directory / "report.md").write_text("partial")
         raise RuntimeError("disk full")
 
