@@ -1,9 +1,10 @@
 """Deep equilibrium guides for exponential-family latent-variable models in Pyro."""
 
-from . import families, nonlinearities
+from . import datasets, families, nonlinearities
 from .errors import ConvergenceWarning, NumericalError
 from .guides import AutoDEQ, AutoDEQGuideList, AutoDEQLaplace
 from .models import DeepExpFamPCA, ExpFamPCA
+from .comparison import compare
 from .solvers import solve
 
 __version__ = "0.1.0"
@@ -16,6 +17,8 @@ __all__ = [
     "DeepExpFamPCA",
     "ExpFamPCA",
     "NumericalError",
+    "compare",
+    "datasets",
     "families",
     "nonlinearities",
     "solve",

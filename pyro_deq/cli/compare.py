@@ -15,6 +15,14 @@ from pyro_deq import datasets, families
 
 from . import UserInputError
 from .fit import add_family_arguments, positive_int
+
+
+def subset_size(text: str) -> int:
+    """Parse ``--subset``: an integer of at least 2, since NUTS sd needs two rows' worth of entries."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 2, got {text!r}")
+    return value
 from .io import check_output_dir, staged_output
 
 __all__ = ["QUICK_ENVIRONMENT_VARIABLE", "add_parser", "quick_requested", "run"]
@@ -44,8 +52,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_family_arguments(parser, required=False)
     parser.add_argument("--latent-dim", type=positive_int, default=2, metavar="K",
                         help="number of latent components k (default: %(default)s)")
-    parser.add_argument("--subset", type=positive_int, metavar="N",
-                        help="rows used in the conditional comparison with NUTS (default: chosen by compare)")
+    parser.add_argument("--subset", type=subset_size, metavar="N",
+                        help="rows used in the conditional comparison with NUTS, at least 2 "
+                             "(default: 40, or 12 with --quick)")
     parser.add_argument("--seed", type=int, default=0, metavar="S",
                         help="random seed; the same seed gives the same report on the same machine "
                         "(default: %(default)s)")

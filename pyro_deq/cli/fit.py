@@ -36,7 +36,7 @@ _MAX_NAMES_SHOWN = 20
 _OPTION_WORDING = (
     (re.compile(r"family='(\w+)'"), r"--family \1"),
     (re.compile(r"`total_count`"), "--total-count"),
-    (re.compile(r"`offset`"), "an offset column (--offset-column)"),
+    (re.compile(r"(an )?`offset`"), "an offset column (--offset-column)"),
     (re.compile(r"`y`"), "the data"),
 )
 _POSITION = re.compile(r"\(row (\d+), column (\d+)\)")
