@@ -7,8 +7,6 @@ import math
 import time
 from dataclasses import dataclass, field
 
-import pyro
-import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import ClippedAdam
 from tqdm.auto import tqdm

@@ -10,9 +10,7 @@ function of the latents.
 from __future__ import annotations
 
 import inspect
-import math
 
-import pyro
 import torch
 from pyro import poutine
 

@@ -163,17 +163,13 @@ class AutoDEQ(AutoGuide):
         flat = weight.reshape(-1, *weight.shape[-2:])
         return [dict(globals_, weight=flat[i]) for i in range(flat.shape[0])]
 
-    def _globals(self) -> dict | None:
-        return self.global_values
-
     # ---------------------------------------------------- Pyro interface
 
     def _sample_latents(self, z, batch, log_density=None):
-        names = self.adapter.latent_names
-        pieces = torch.split(z, self.adapter.latent_sizes, dim=-1) if len(names) > 1 else (z,)
         values = {}
         with pyro.plate(self.adapter.plate, batch.n_total, dim=self.adapter.plate_dim, subsample=batch.rows):
-            for i, (name, value) in enumerate(zip(names, pieces)):
+            for i, (name, value) in enumerate(self._split(z).items()):
+                # The joint log-density goes on the first site only, so it counts once.
                 density = 0.0 if (log_density is None or i > 0) else log_density
                 values[name] = pyro.sample(name, dist.Delta(value, log_density=density, event_dim=1))
         return values
@@ -186,7 +182,7 @@ class AutoDEQ(AutoGuide):
         """
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
-        z, batch, _, _ = self._map(args, kwargs, self._globals())
+        z, batch, _, _ = self._map(args, kwargs, self.global_values)
         return self._sample_latents(z, batch)
 
     @torch.no_grad()
@@ -197,7 +193,7 @@ class AutoDEQ(AutoGuide):
         """
         if not args and not kwargs:
             raise ValueError("AutoDEQ.median needs the model's arguments, for example guide.median(y).")
-        z, _, _, _ = self._map(args, kwargs, self._globals(), gradient="envelope")
+        z, _, _, _ = self._map(args, kwargs, self.global_values, gradient="envelope")
         return self._split(z)
 
     def _split(self, z: torch.Tensor) -> dict:

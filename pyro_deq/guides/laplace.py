@@ -9,6 +9,7 @@ import pyro.distributions as dist
 import torch
 
 from ..errors import NumericalError
+from ..models import ExpFamPCAProblem
 from .deq import AutoDEQ
 
 __all__ = ["AutoDEQLaplace", "OBJECTIVES"]
@@ -56,17 +57,15 @@ class AutoDEQLaplace(AutoDEQ):
 
     def _precision(self, problem, z: torch.Tensor) -> torch.Tensor:
         """Posterior precision in float64, shape ``(B, K, K)``; differentiable in ``θ`` and ``z``."""
-        if hasattr(problem, "weight") and hasattr(problem, "data"):
-            data = problem.data
-            double = type(data)(
-                data.y.double(), data.mask, None if data.offset is None else data.offset.double()
-            )
-            problem = type(problem)(
-                problem.family, problem.nonlinearity, double,
-                problem.weight.double(), problem.bias.double(), problem.prior_precision,
-            )
-            return problem.precision(z.double())
+        if isinstance(problem, ExpFamPCAProblem):
+            return problem.to(torch.float64).precision(z.double())
         return self.adapter.precision(problem, z).double()
+
+    def _log_normalizer(self, precision: torch.Tensor) -> torch.Tensor:
+        """``½ log det H − (K/2) log 2π`` per row, shape ``(B,)``: minus the Normal entropy's variable part."""
+        factor = self._cholesky(precision)
+        log_det = 2.0 * torch.log(torch.diagonal(factor, dim1=-2, dim2=-1)).sum(-1)
+        return 0.5 * log_det - 0.5 * precision.shape[-1] * math.log(2 * math.pi)
 
     def _cholesky(self, precision: torch.Tensor) -> torch.Tensor:
         factor, info = torch.linalg.cholesky_ex(precision)
@@ -92,15 +91,12 @@ class AutoDEQLaplace(AutoDEQ):
         """Sample the latents of the rows of this call; see the class notes for the objective."""
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
-        z, batch, _, problem = self._map(args, kwargs, self._globals())
+        z, batch, _, problem = self._map(args, kwargs, self.global_values)
         if isinstance(problem, list):
             return self._sample_draws(z, batch, problem)
 
         if self.objective == "laplace" and torch.is_grad_enabled():
-            precision = self._precision(problem, z)
-            log_det = 2.0 * torch.log(torch.diagonal(self._cholesky(precision), dim1=-2, dim2=-1)).sum(-1)
-            k = z.shape[-1]
-            log_density = (0.5 * log_det - 0.5 * k * math.log(2 * math.pi)).to(z.dtype)
+            log_density = self._log_normalizer(self._precision(problem, z)).to(z.dtype)
             return self._sample_latents(z, batch, log_density=log_density)
 
         scale_tril = self._scale_tril(self._precision(problem, z.detach()).detach(), z.dtype)
@@ -114,7 +110,7 @@ class AutoDEQLaplace(AutoDEQ):
                 return {names[0]: pyro.sample(names[0], posterior)}
             joint = pyro.sample("_" + "_".join(names) + "_laplace", posterior, infer={"is_auxiliary": True})
             values = {}
-            for name, piece in zip(names, torch.split(joint, self.adapter.latent_sizes, dim=-1)):
+            for name, piece in self._split(joint).items():
                 values[name] = pyro.sample(name, dist.Delta(piece).to_event(1))
             return values
 
@@ -133,10 +129,28 @@ class AutoDEQLaplace(AutoDEQ):
         For :class:`~pyro_deq.DeepExpFamPCA` the event is the concatenation
         ``[z_1, …, z_L]`` of shape ``(k_1 + … + k_L,)``.
         """
-        z, _, _, problem = self._map(args, kwargs, self._globals(), gradient="envelope")
+        z, _, _, problem = self._map(args, kwargs, self.global_values, gradient="envelope")
         if isinstance(problem, list):
             raise NotImplementedError("get_posterior with draws of global latents is not supported.")
         return dist.MultivariateNormal(z, scale_tril=self._scale_tril(self._precision(problem, z), z.dtype))
+
+    @torch.no_grad()
+    def log_marginal(self, *args, **kwargs) -> torch.Tensor:
+        r"""Compute the Laplace approximation of ``log p(y_n | θ)`` per row, shape ``(N,)``, in float64.
+
+        .. math:: \log p(y_n \mid \theta) \approx \ell(z^*_n) + \tfrac{k}{2}\log 2\pi
+                  - \tfrac12 \log\det H_n.
+
+        It is exact for Gaussian observations with the identity nonlinearity.
+        """
+        z, _, _, problem = self._map(args, kwargs, self.global_values, gradient="envelope")
+        if isinstance(problem, list):
+            raise NotImplementedError("log_marginal with draws of global latents is not supported.")
+        if isinstance(problem, ExpFamPCAProblem):
+            log_joint = self.model.log_joint(problem.data, z, weight=problem.weight, bias=problem.bias)
+        else:
+            log_joint = problem.log_joint(z)
+        return log_joint.double() - self._log_normalizer(self._precision(problem, z))
 
     @torch.no_grad()
     def quantiles(self, quantiles, *args, **kwargs) -> dict:

@@ -27,6 +27,11 @@ class ModelData:
     def n_rows(self) -> int:
         return self.y.shape[0]
 
+    def to(self, dtype: torch.dtype) -> "ModelData":
+        """Return the data with ``y`` and ``offset`` cast to ``dtype``."""
+        offset = None if self.offset is None else self.offset.to(dtype)
+        return ModelData(self.y.to(dtype), self.mask, offset)
+
     def rows(self, index: torch.Tensor) -> "ModelData":
         """Return the data restricted to the rows in ``index``."""
         offset = self.offset

@@ -58,6 +58,13 @@ class ExpFamPCAProblem(FixedPointProblem):
         if data.mask is not None:
             self.statistic = self.statistic * data.mask
 
+    def to(self, dtype: torch.dtype) -> "ExpFamPCAProblem":
+        """Return the same problem with data and parameters cast to ``dtype``, still differentiable."""
+        return ExpFamPCAProblem(
+            self.family, self.nonlinearity, self.data.to(dtype),
+            self.weight.to(dtype), self.bias.to(dtype), self.prior_precision,
+        )
+
     @property
     def contraction_bound(self) -> float | None:
         """``||W||₂² sup A'' / λ``; ``None`` when ``sup A''`` is unbounded (Poisson)."""

@@ -123,6 +123,19 @@ def test_laplace_is_exact_gaussian_posterior():
     assert torch.allclose(guide.standard_deviation(y)["z"], sd.expand(7, 3), atol=1e-6)
 
 
+def test_laplace_log_marginal_exact_for_gaussian():
+    model, y = make_problem_data("gaussian2", n_rows=7, n_features=5, n_components=3, seed=4)
+    weight, bias = model.weight.detach(), model.bias.detach()
+
+    # Integrating z out gives y ~ Normal(b, s² I + W Wᵀ) with s = 2.
+    covariance = 4.0 * torch.eye(5, dtype=torch.float64) + weight @ weight.T
+    exact = torch.distributions.MultivariateNormal(bias, covariance).log_prob(y)
+
+    log_marginal = pyro_deq.AutoDEQLaplace(model).log_marginal(y)
+    assert log_marginal.shape == (7,)
+    assert torch.allclose(log_marginal, exact, rtol=0, atol=1e-8)
+
+
 def test_laplace_objective_gradient_matches_finite_differences():
     model, y = make_problem_data("poisson", n_rows=6, n_features=4, n_components=2, seed=5)
     guide = pyro_deq.AutoDEQLaplace(model, objective="laplace")
