@@ -80,7 +80,7 @@ def make_problem(n_rows: int, n_features: int, n_components: int, seed: int = 0)
 
 
 def model_problem_like(problem: BernoulliPCAProblem):
-    """The same MAP problem built by the library's own ``ExpFamPCA`` model."""
+    """Build the same MAP problem with the library's own ``ExpFamPCA`` model."""
     from pyro_deq import ExpFamPCA
 
     model = ExpFamPCA(problem.weight.shape[0], problem.weight.shape[1], family="bernoulli",

@@ -77,7 +77,7 @@ def compare(
 
     1. Train ``model`` with :class:`~pyro_deq.AutoDEQ` on a training split.
     2. Conditional on those parameters ``θ``, infer ``z | y, θ`` for ``subset``
-       training rows with every method in ``methods``; their targets coincide,
+       training rows with every method in ``methods``. Their targets coincide,
        so they are compared row by row against NUTS.
     3. Jointly, train with AutoDEQ, AutoDEQLaplace (Laplace objective) and
        AutoNormal, and compare only rotation-invariant quantities: principal
@@ -211,7 +211,7 @@ def _rows(offset, rows):
 
 
 def _model_like(model: ExpFamPCA, name: str, weight=None, bias=None) -> ExpFamPCA:
-    """A model of the same structure as ``model`` with its own parameter names."""
+    """Build a model of the same structure as ``model`` with its own parameter names."""
     return ExpFamPCA(
         model.n_features, model.n_components, family=model.family, nonlinearity=model.nonlinearity,
         prior_precision=model.prior_precision, name=name,

@@ -1,4 +1,4 @@
-"""How a guide reads a model: its data, its rows and its per-row MAP problem.
+"""Adapters that give a guide a model's data, rows and per-row MAP problem.
 
 Two adapters share one small interface. :class:`ExpFamAdapter` serves
 :class:`~pyro_deq.ExpFamPCA` and :class:`~pyro_deq.DeepExpFamPCA` with their

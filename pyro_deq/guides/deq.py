@@ -34,7 +34,7 @@ class AutoDEQ(AutoGuide):
         z_map = guide.median(y)["z"]         # (N, k)
 
     Gradients for the model's parameters: with ``gradient="envelope"`` the
-    MAP is detached; at an exact fixed point the envelope theorem makes
+    MAP is detached. At an exact fixed point the envelope theorem makes
     ``d/dθ ℓ(z*(θ); θ) = ∂ℓ/∂θ |_{z = z*}``, so the ELBO gradient is exact. With
     ``gradient="implicit"`` the MAP carries ``dz*/dθ = -(∂r/∂z)⁻¹ ∂r/∂θ``, which
     any other loss of ``z*`` needs (only for :class:`~pyro_deq.ExpFamPCA`).

@@ -138,8 +138,8 @@ class ExpFamPCA(PyroModule):
     def _prepare_cached(self, y, mask, offset) -> ModelData:
         # SVI calls the model with the same tensors at every step, so the
         # validation is redone only when the arguments or their contents change.
-        # The cache holds the arguments themselves: comparing ids alone would
-        # match a new tensor that reuses the memory of a freed one.
+        # The cache keeps the arguments themselves, because comparing ids alone
+        # would match a new tensor that reuses the memory of a freed one.
         arguments = (y, mask, offset)
         versions = tuple(a._version if isinstance(a, torch.Tensor) else None for a in arguments)
         cached = getattr(self, "_data_cache", None)

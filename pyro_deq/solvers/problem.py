@@ -1,8 +1,8 @@
 """The problem contract shared by every solver.
 
 A fixed-point problem ``z = f(z)`` over a batch of independent rows is solved as
-a root-find on its residual ``r(z) = f(z) - z``; the residual is defined here
-once and every method (Newton, Anderson, Picard) works on it.
+a root-find on its residual ``r(z) = f(z) - z``. The residual is defined here
+once, and every method (Newton, Anderson, Picard) works on it.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class FixedPointProblem:
 class CallableProblem(FixedPointProblem):
     """Wrap a plain callable ``f`` as a :class:`FixedPointProblem`.
 
-    The Jacobian, when a solver asks for it, comes from autograd and assumes the
+    The Jacobian, when a solver requests it, comes from autograd and assumes the
     rows of ``z`` are independent (row ``n`` of ``f(z)`` depends on row ``n`` of
     ``z`` only), which is what every problem of this package satisfies.
     """

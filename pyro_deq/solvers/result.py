@@ -34,7 +34,10 @@ STATUS_MESSAGES = {
     CONVERGED: "every row met the tolerance",
     MAX_ITER: "the iteration limit ran out before every row met the tolerance",
     STALLED: "the line search found no decrease of the objective for some rows",
-    DIVERGED: "the residual rose for some rows, so the iteration was stopped there",
+    DIVERGED: (
+        "the residual norm ||f(z) - z|| grew far above its smallest value for some rows, "
+        "so the iteration was stopped there"
+    ),
     NON_FINITE: "non-finite values appeared for some rows",
 }
 STATUSES = (CONVERGED, MAX_ITER, STALLED, DIVERGED, NON_FINITE)
@@ -172,9 +175,9 @@ class RowTracker:
     :param float tol: relative residual tolerance.
     :param float divergence_factor: a row diverges when its residual norm
         ``||f(z) - z||`` stays above ``divergence_factor`` times its smallest
-        value so far for ``divergence_patience`` consecutive iterations;
+        value so far for ``divergence_patience`` consecutive iterations.
         ``math.inf`` disables the check. The check uses the absolute norm
-        because the relative residual saturates near 1 while an iterate runs off.
+        because the relative residual levels off below 1 while an iterate runs off.
     :param int divergence_patience: see ``divergence_factor``.
     :param callback: optional ``callback(n_iter, z, residual)`` called after
         each iteration with the current iterate ``(N, k)`` and relative
