@@ -35,6 +35,14 @@ class ExponentialFamily:
         """Compute ``A''(eta)``, the variance of the sufficient statistic ``T(y)``."""
         raise NotImplementedError
 
+    def log_partition_derivatives(self, eta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Compute ``(A(eta), A'(eta), A''(eta))`` together.
+
+        The solvers need all three at every point; families whose hooks share
+        an expensive term (an exponential) override this to compute it once.
+        """
+        return self.log_partition(eta), self.mean(eta), self.variance(eta)
+
     def sufficient_statistic(self, y: torch.Tensor) -> torch.Tensor:
         """Compute the sufficient statistic ``T(y)``."""
         raise NotImplementedError

@@ -9,7 +9,7 @@ from pyro.distributions import Binomial as PyroBinomial
 
 from pyro_deq.families._validation import check_data_shape, reject_entries, reject_non_finite
 from pyro_deq.families.base import ExponentialFamily
-from pyro_deq.families.bernoulli import softplus
+from pyro_deq.families.bernoulli import _logistic_derivatives, softplus
 
 __all__ = ["Binomial"]
 
@@ -48,6 +48,12 @@ class Binomial(ExponentialFamily):
     def variance(self, eta: torch.Tensor) -> torch.Tensor:
         """Compute ``A''(eta) = n sigmoid(eta) sigmoid(-eta)``; broadcast shape."""
         return self._count_like(eta) * torch.sigmoid(eta) * torch.sigmoid(-eta)
+
+    def log_partition_derivatives(self, eta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Compute ``n`` times the Bernoulli softplus, sigmoid and variance from one exponential."""
+        count = self._count_like(eta)
+        log_partition, mean, variance = _logistic_derivatives(eta)
+        return count * log_partition, count * mean, count * variance
 
     def sufficient_statistic(self, y: torch.Tensor) -> torch.Tensor:
         """Return ``T(y) = y``."""

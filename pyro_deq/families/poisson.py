@@ -48,6 +48,11 @@ class Poisson(ExponentialFamily):
         """Compute ``A''(eta) = exp(eta)``, ``+inf`` where it overflows; same shape as ``eta``."""
         return torch.exp(eta)
 
+    def log_partition_derivatives(self, eta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``exp(eta)`` three times, computed once."""
+        rate = torch.exp(eta)
+        return rate, rate, rate
+
     def sufficient_statistic(self, y: torch.Tensor) -> torch.Tensor:
         """Return ``T(y) = y``."""
         return y

@@ -57,6 +57,8 @@ class ExpFamPCAProblem(FixedPointProblem):
         self.statistic = family.sufficient_statistic(data.y)
         if data.mask is not None:
             self.statistic = self.statistic * data.mask
+        self._affine_data_term = None
+        self._weight_outer = None
 
     def to(self, dtype: torch.dtype) -> "ExpFamPCAProblem":
         """Return the same problem with data and parameters cast to ``dtype``, still differentiable."""
@@ -95,9 +97,9 @@ class ExpFamPCAProblem(FixedPointProblem):
         prior = 0.5 * self.prior_precision * (z * z).sum(-1)
         return prior - self.log_likelihood_terms(eta)
 
-    def _error_signal(self, u: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
-        """``m R'(u) (T(y) − A'(η))``, shape ``(N, d)``."""
-        signal = self.statistic - self.family.mean(eta)
+    def _error_signal(self, u: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """``m R'(u) (T(y) − A'(η))`` from ``mean = A'(η)``, shape ``(N, d)``."""
+        signal = self.statistic - mean
         if not self.nonlinearity.is_identity:
             signal = self.nonlinearity.derivative(u) * signal
         return self._masked(signal)
@@ -105,39 +107,63 @@ class ExpFamPCAProblem(FixedPointProblem):
     def gradient(self, z: torch.Tensor) -> torch.Tensor:
         """Compute ``∇ℓ(z)``, shape ``(N, k)``."""
         u, eta = self.canonical_parameter(z)
-        return self._error_signal(u, eta) @ self.weight - self.prior_precision * z
+        return self._error_signal(u, self.family.mean(eta)) @ self.weight - self.prior_precision * z
 
     def fixed_point_map(self, z: torch.Tensor) -> torch.Tensor:
         u, eta = self.canonical_parameter(z)
-        return self._error_signal(u, eta) @ self.weight / self.prior_precision
+        return self._error_signal(u, self.family.mean(eta)) @ self.weight / self.prior_precision
 
     def precision(self, z: torch.Tensor) -> torch.Tensor:
         """Compute the posterior precision ``H = -∇²ℓ(z)``, shape ``(N, k, k)``."""
         u, eta = self.canonical_parameter(z)
-        return self._precision(u, eta)
+        return self._precision(u, self.family.mean(eta), self.family.variance(eta))
 
-    def _precision(self, u: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
-        curvature = self.family.variance(eta)
+    def _precision(self, u: torch.Tensor, mean: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+        curvature = variance
         if not self.nonlinearity.is_identity:
             slope = self.nonlinearity.derivative(u)
             curvature = slope * slope * curvature - self.nonlinearity.second_derivative(u) * (
-                self.statistic - self.family.mean(eta)
+                self.statistic - mean
             )
         curvature = self._masked(curvature)
 
-        weight = self.weight
-        precision = torch.einsum("dk,nd,dl->nkl", weight, curvature, weight)
-        eye = torch.eye(weight.shape[-1], dtype=weight.dtype, device=weight.device)
+        # Wᵀ diag(c_n) W for every row n is one matrix product with the
+        # per-feature outer products w_j w_jᵀ, flattened to (d, k²).
+        k = self.weight.shape[-1]
+        if self._weight_outer is None:
+            self._weight_outer = (self.weight.unsqueeze(-1) * self.weight.unsqueeze(-2)).reshape(-1, k * k)
+        precision = (curvature @ self._weight_outer).reshape(-1, k, k)
+        eye = torch.eye(k, dtype=precision.dtype, device=precision.device)
         return precision + self.prior_precision * eye
+
+    def _data_term(self, z: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+        """``Σ_j T(y_j) η_j`` per row, shape ``(N,)``.
+
+        For the identity nonlinearity ``η`` is affine in ``z``, so the sum is
+        ``(T W) · z`` plus a constant, both computed once per problem, which
+        saves a pass over the ``N × d`` entries at every evaluation.
+        """
+        if not self.nonlinearity.is_identity:
+            return (self.statistic * eta).sum(-1)
+        if self._affine_data_term is None:
+            constant = self.statistic @ self.bias
+            if self.data.offset is not None:
+                constant = constant + (self.statistic * self.data.offset).sum(-1)
+            self._affine_data_term = (self.statistic @ self.weight, constant)
+        slope, constant = self._affine_data_term
+        return (slope * z).sum(-1) + constant
 
     def evaluate(self, z: torch.Tensor, jacobian: bool = False) -> Evaluation:
         u, eta = self.canonical_parameter(z)
-        value = self._error_signal(u, eta) @ self.weight / self.prior_precision
+        log_partition, mean, variance = self.family.log_partition_derivatives(eta)
+
+        value = self._error_signal(u, mean) @ self.weight / self.prior_precision
         prior = 0.5 * self.prior_precision * (z * z).sum(-1)
-        objective = prior - self.log_likelihood_terms(eta)
+        objective = prior + self._masked(log_partition).sum(-1) - self._data_term(z, eta)
+
         jac = None
         if jacobian:
-            jac = -self._precision(u, eta) / self.prior_precision
+            jac = -self._precision(u, mean, variance) / self.prior_precision
         return Evaluation(value=value, residual=value - z, objective=objective, jacobian=jac)
 
     def non_finite_rows(self, z: torch.Tensor) -> torch.Tensor:
