@@ -117,6 +117,17 @@ def test_variance_is_gradient_of_mean(family, dtype):
     assert torch.all((gradient - variance).abs() <= _tolerance(dtype, variance))
 
 
+def test_log_partition_derivatives_match_hooks(family, dtype):
+    eta = _eta_grid(dtype)
+    log_partition, mean, variance = family.log_partition_derivatives(eta)
+
+    for together, alone in ((log_partition, family.log_partition(eta)), (mean, family.mean(eta)),
+                            (variance, family.variance(eta))):
+        finite = torch.isfinite(alone)
+        assert torch.equal(torch.isfinite(together), finite)
+        assert torch.all((together - alone)[finite].abs() <= _tolerance(dtype, alone[finite]))
+
+
 def test_variance_within_max_variance(family, dtype):
     variance = family.variance(_eta_grid(dtype))
 
