@@ -293,7 +293,10 @@ def _to_arviz(result: MethodResult, rows):
     coords = {"row": rows.numpy().tolist()}
     if result.point_estimate:
         return arviz_adapter.to_arviz({"z": result.point}, method=result.name, point_estimate=True, coords=coords)
-    return arviz_adapter.to_arviz({"z": result.draws}, method=result.name, coords=coords)
+    sample_stats = None
+    if "diverging" in result.extra:
+        sample_stats = {"diverging": result.extra["diverging"]}
+    return arviz_adapter.to_arviz({"z": result.draws}, method=result.name, coords=coords, sample_stats=sample_stats)
 
 
 def _nuts_diagnostics(data, result: MethodResult | None) -> dict:

@@ -146,11 +146,13 @@ def _nuts(problem: ConditionalProblem) -> MethodResult:
         mcmc = MCMC(kernel, num_samples=problem.nuts_samples, warmup_steps=problem.nuts_warmup, disable_progbar=True)
         mcmc.run(problem.y)
         chains.append(mcmc.get_samples()["z"].detach())
-        diverging = mcmc.diagnostics().get("divergences", {}).get("chain 0", [])
-        divergences.append(len(diverging))
+        diverging = np.zeros(problem.nuts_samples, dtype=bool)
+        diverging[mcmc.diagnostics().get("divergences", {}).get("chain 0", [])] = True
+        divergences.append(diverging)
     seconds = time.perf_counter() - start
     draws = torch.stack(chains).numpy()
-    extra = {"divergences": int(sum(divergences))}
+    diverging = np.stack(divergences)
+    extra = {"divergences": int(diverging.sum()), "diverging": diverging}
     return MethodResult("NUTS", draws.mean(axis=(0, 1)), draws, seconds, extra)
 
 

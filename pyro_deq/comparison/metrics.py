@@ -44,4 +44,6 @@ def interval_coverage(draws: np.ndarray | None, reference_draws: np.ndarray, pro
 
 def principal_angles(weight_a: np.ndarray, weight_b: np.ndarray) -> np.ndarray:
     """Principal angles in degrees between the column spaces of two loadings, largest first."""
-    return np.degrees(subspace_angles(weight_a, weight_b))
+    # In float32 the angle between a subspace and itself comes out near 1e-5
+    # degrees; float64 brings that to rounding level.
+    return np.degrees(subspace_angles(np.asarray(weight_a, np.float64), np.asarray(weight_b, np.float64)))
