@@ -22,17 +22,18 @@ def softplus(eta: torch.Tensor) -> torch.Tensor:
 
 
 def _logistic_derivatives(eta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return ``(softplus(eta), sigmoid(eta), sigmoid(eta) sigmoid(-eta))``.
+    """Return ``(softplus(eta), sigmoid(eta), sigmoid(eta) sigmoid(-eta))`` from two sigmoids.
 
-    ``softplus(eta) = max(eta, 0) + log1p(exp(-|eta|))`` cannot overflow, and
-    the product of two sigmoids keeps the variance accurate in the tails. This
-    avoids ``torch.where``, which costs about ten sigmoids per entry on a CPU
-    (measured with torch 2.13).
+    ``softplus(eta) = max(eta, 0) - log(max(sigmoid(eta), sigmoid(-eta)))``: the
+    logarithm's argument lies in ``[1/2, 1]``, so nothing overflows or loses
+    relative precision. The product of the two sigmoids keeps the variance
+    accurate in the tails. Element-wise ``maximum`` replaces ``torch.where``,
+    which costs about ten sigmoids per entry on a CPU (measured with torch 2.13).
     """
     mean = torch.sigmoid(eta)
-    variance = mean * torch.sigmoid(-eta)
-    log_partition = eta.clamp_min(0.0) + torch.log1p(torch.exp(-eta.abs()))
-    return log_partition, mean, variance
+    complement = torch.sigmoid(-eta)
+    log_partition = eta.clamp_min(0.0) - torch.log(torch.maximum(mean, complement))
+    return log_partition, mean, mean * complement
 
 
 class Bernoulli(ExponentialFamily):
