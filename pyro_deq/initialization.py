@@ -24,7 +24,7 @@ import torch
 
 from .families import ExponentialFamily
 
-__all__ = ["degenerate_columns", "initial_bias", "initial_weight"]
+__all__ = ["degenerate_columns", "degenerate_rows", "initial_bias", "initial_weight"]
 
 # Range of the scaled variable t = y / unit of each supported family, where the
 # unit is the Binomial's total count and 1 otherwise. A finite end is where the
@@ -179,6 +179,31 @@ def degenerate_columns(family: ExponentialFamily, y: torch.Tensor, mask: torch.T
     low, high = _SUPPORT_BOUNDS[name]
     degenerate = (observed_units == 0) | (means <= low) | (means >= high)
     return degenerate.nonzero().flatten().tolist()
+
+
+def degenerate_rows(family: ExponentialFamily, y: torch.Tensor, mask: torch.Tensor | None = None) -> list[int]:
+    """Find the rows whose every observed entry sits at one finite end of the support.
+
+    Examples are an all-zero row of counts, or a binary row of all zeros or all
+    ones. Rows with no observed entry count too. Such a row pulls its latents
+    towards the direction that sends every canonical parameter to one end,
+    held back only by the prior, so its MAP mostly reflects the prior and the
+    loadings, not the data. The fit stays finite, but these rows are usually
+    empty samples worth removing.
+
+    :param family: a family supported by :func:`initial_bias`.
+    :param torch.Tensor y: data in the family's support, shape ``(N, d)``.
+    :param mask: bool, shape ``(N, d)``; ``False`` marks a missing entry.
+    :returns: the row indices, counted from 0, in increasing order.
+    :raises NotImplementedError: for a family that :func:`initial_bias` does not support.
+    """
+    name = _check_family(family)
+    low, high = _SUPPORT_BOUNDS[name]
+    t = y.double() / _units(family, y.double())
+    observed = torch.ones_like(t, dtype=torch.bool) if mask is None else mask.to(torch.bool)
+    at_low = torch.where(observed, t <= low, torch.ones_like(observed)).all(1)
+    at_high = torch.where(observed, t >= high, torch.ones_like(observed)).all(1)
+    return (at_low | at_high).nonzero().flatten().tolist()
 
 
 def _linked_data(name: str, family, y: torch.Tensor, mask) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 import pyro_deq
 from pyro_deq import families, nonlinearities
 from pyro_deq.errors import NumericalError
-from pyro_deq.initialization import degenerate_columns, initial_bias, initial_weight
+from pyro_deq.initialization import degenerate_columns, degenerate_rows, initial_bias, initial_weight
 from pyro_deq.training import train
 
 from . import UserInputError
@@ -90,7 +90,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "Fit exponential-family PCA to FILE with the AutoDEQ guide (SVI, envelope gradients), "
             "then write latents.csv (MAP latents and Laplace standard deviations per row), "
             "loadings.csv (weights and bias per feature), diagnostics.json and params.pt "
-            "(the model's state_dict) to the output directory. Nothing is written unless the run succeeds."
+            "(the model's state_dict) to the output directory. Nothing is written unless the run succeeds: "
+            "a non-finite loss, or latents whose fixed-point solve did not converge, exit with status 1 "
+            "and leave no output (see --allow-unconverged)."
         ),
     )
     parser.add_argument(
@@ -122,6 +124,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--drop-degenerate", action="store_true",
                         help="drop the columns whose bias has no finite maximum-likelihood estimate "
                         "(all-zero counts, binary columns all 0 or all 1) instead of only warning about them")
+    parser.add_argument("--allow-unconverged", action="store_true",
+                        help="write the outputs even when the final solve for the latents did not converge "
+                        "for some rows, recording them in diagnostics.json, instead of exiting with status 1")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="output directory; its parent must exist (default: fit-<FILE name without suffix>)")
     parser.add_argument("--force", action="store_true", help="replace DIR if it exists")
@@ -199,6 +204,48 @@ def handle_degenerate(family, matrix: MatrixFile, drop: bool) -> tuple[MatrixFil
     return _drop_columns(matrix, found), report
 
 
+def warn_degenerate_rows(family, matrix: MatrixFile) -> list[int]:
+    """Warn about rows whose every observed entry sits at one end of the support, such as all-zero rows.
+
+    :returns: the rows, counted from 1 as in the output's ``row`` column.
+    """
+    rows = [index + 1 for index in degenerate_rows(family, matrix.y, matrix.mask)]
+    if rows:
+        shown = ", ".join(str(row) for row in rows[:_MAX_NAMES_SHOWN])
+        if len(rows) > _MAX_NAMES_SHOWN:
+            shown += f", ... ({len(rows) - _MAX_NAMES_SHOWN} more)"
+        logger.warning(
+            "%d rows (counted from 1) have every observed entry at one end of the support, for example all "
+            "zero: %s; their latents are set by the prior and the loadings rather than by data, so consider "
+            "removing these rows", len(rows), shown,
+        )
+    return rows
+
+
+def check_converged(solver: dict, allow_unconverged: bool) -> None:
+    """Raise :class:`NumericalError` when the final solve left rows unconverged, unless allowed.
+
+    :param dict solver: the guide's diagnostics, with the solver ``result``.
+    """
+    result = solver["result"]
+    failed = [int(index) + 1 for index in torch.nonzero(~result.converged).flatten()]
+    solver["unconverged_rows"] = failed
+    if not failed or allow_unconverged:
+        return
+    n_rows = result.converged.numel()
+    shown = ", ".join(str(row) for row in failed[:_MAX_NAMES_SHOWN])
+    if len(failed) > _MAX_NAMES_SHOWN:
+        shown += ", ..."
+    raise NumericalError(
+        f"the latents of {len(failed)} of {n_rows} rows ({len(failed) / n_rows:.0%}; rows {shown}, "
+        f"counted from 1) did not converge: {result.status} after {result.n_iter} iterations, max relative "
+        f"residual {float(result.residual.max()):.3g} (tolerance {result.tol:.3g}); nothing was written. "
+        "Columns of very large counts usually cause this: pass log library size as --offset-column, "
+        "rescale or drop those columns, or raise --steps; --allow-unconverged writes the outputs anyway",
+        {"failed_rows": failed, "result": result},
+    )
+
+
 def _drop_columns(matrix: MatrixFile, columns: list[int]) -> MatrixFile:
     keep = [index for index in range(matrix.y.shape[1]) if index not in set(columns)]
     mask = None if matrix.mask is None else matrix.mask[:, keep]
@@ -231,7 +278,7 @@ def _laplace(model, matrix: MatrixFile) -> tuple[torch.Tensor, torch.Tensor, dic
     guide = pyro_deq.AutoDEQLaplace(model)
     data = {"mask": matrix.mask, "offset": matrix.offset}
     z = guide.median(matrix.y, **data)["z"]
-    solver = {key: value for key, value in guide.diagnostics.items() if key != "result"}
+    solver = dict(guide.diagnostics)
     try:
         sd = guide.standard_deviation(matrix.y, **data)["z"]
     except NumericalError as error:
@@ -248,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
     matrix = read_matrix(args.file, mask_missing=args.mask_missing, offset_column=args.offset_column)
     validate_data(pyro_deq.ExpFamPCA(matrix.y.shape[1], args.latent_dim, family=family), matrix, args.file)
     matrix, degenerate = handle_degenerate(family, matrix, args.drop_degenerate)
+    empty_rows = warn_degenerate_rows(family, matrix)
 
     pyro.set_rng_seed(args.seed)
     pyro.clear_param_store()
@@ -259,8 +307,10 @@ def run(args: argparse.Namespace) -> int:
         description="pyro-deq fit",
     )
     z, sd, solver = _laplace(model, matrix)
+    check_converged(solver, args.allow_unconverged)
 
     diagnostics = _diagnostics(args, family, matrix, training, solver, degenerate)
+    diagnostics["degenerate_rows"] = empty_rows
     with staged_output(out, args.force) as staging:
         _write_outputs(staging, model, matrix, z, sd, diagnostics)
 
@@ -275,7 +325,7 @@ def _diagnostics(args, family, matrix, training, solver, degenerate) -> dict:
     arguments = {key: str(value) if isinstance(value, Path) else value
                  for key, value in vars(args).items() if key not in ("run", "command")}
     return {
-        "solver": solver,
+        "solver": {key: value for key, value in solver.items() if key != "result"},
         "final_loss": training.losses[-1],
         "losses": training.losses,
         "seconds": training.seconds,
