@@ -1,0 +1,66 @@
+"""Overflow: very large counts give finite, flagged results, and the command line refuses to write them."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import pyro_deq
+from pyro_deq.cli.main import main
+from pyro_deq.initialization import initial_bias, initial_weight
+
+
+def counts_with_huge_column():
+    """A float32 200 x 50 count matrix: column 0 around 1e5, the rest around 3."""
+    generator = torch.Generator().manual_seed(0)
+    y = torch.poisson(torch.full((200, 50), 3.0), generator=generator)
+    y[:, 0] = torch.poisson(torch.full((200,), 1e5), generator=generator)
+    return y
+
+
+def test_huge_column_map_is_finite_or_flagged():
+    y = counts_with_huge_column()
+    family = pyro_deq.families.get("poisson")
+    torch.manual_seed(0)
+    model = pyro_deq.ExpFamPCA(50, 5, family=family, weight=initial_weight(family, y, 5), bias=initial_bias(family, y))
+    guide = pyro_deq.AutoDEQ(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        z = guide.median(y)["z"]
+    assert z.dtype == torch.float32
+    assert bool(torch.isfinite(z).all())
+    result = guide.diagnostics["result"]
+    assert bool(torch.isfinite(result.residual).all())
+    if not bool(result.converged.all()):
+        assert [w.category for w in caught] == [pyro_deq.ConvergenceWarning]
+        assert "rows did not converge after" in str(caught[0].message)
+
+
+def test_large_loadings_and_counts_flagged_not_nan():
+    generator = torch.Generator().manual_seed(1)
+    y = torch.poisson(torch.full((20, 10), 1e4), generator=generator)
+    model = pyro_deq.ExpFamPCA(10, 2, family="poisson", weight=torch.full((10, 2), 50.0))
+    guide = pyro_deq.AutoDEQ(model)
+    with pytest.warns(pyro_deq.ConvergenceWarning, match="20 of 20 rows did not converge after 50 iterations"):
+        z = guide.median(y)["z"]
+    assert bool(torch.isfinite(z).all())
+    assert guide.diagnostics["status"] == "max_iter"
+    assert guide.diagnostics["fraction_converged"] == 0.0
+
+
+def test_cli_unconverged_exits_1_and_writes_nothing(tmp_path, capsys):
+    np.save(tmp_path / "counts.npy", counts_with_huge_column().numpy())
+    arguments = ["fit", str(tmp_path / "counts.npy"), "--family", "poisson", "--latent-dim", "5",
+                 "--out", str(tmp_path / "out"), "--quiet", "--steps", "3"]
+    assert main(arguments) == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["counts.npy"]
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1
+    for phrase in ("of 200 rows", "did not converge", "max relative residual", "nothing was written",
+                   "--offset-column", "--steps", "--allow-unconverged"):
+        assert phrase in errors[0]
+
+    assert main(arguments + ["--allow-unconverged"]) == 0
+    diagnostics = (tmp_path / "out" / "diagnostics.json").read_text()
+    assert '"unconverged_rows": [' in diagnostics
