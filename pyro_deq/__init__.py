@@ -5,6 +5,8 @@ from .errors import ConvergenceWarning, NumericalError
 from .guides import AutoDEQ, AutoDEQGuideList, AutoDEQLaplace
 from .models import DeepExpFamPCA, ExpFamPCA
 from .comparison import compare
+from .encoder import DEQEncoder
+from .estimator import DEQPCA
 from .solvers import solve
 
 __version__ = "0.1.0"
@@ -14,6 +16,8 @@ __all__ = [
     "AutoDEQGuideList",
     "AutoDEQLaplace",
     "ConvergenceWarning",
+    "DEQEncoder",
+    "DEQPCA",
     "DeepExpFamPCA",
     "ExpFamPCA",
     "NumericalError",
