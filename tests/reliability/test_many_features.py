@@ -45,5 +45,5 @@ def test_wide_sparse_binary_trains_in_linear_memory():
     assert shapes == {"weight": (N_FEATURES, N_COMPONENTS), "bias": (N_FEATURES,)}
     assert guide.diagnostics["result"].z.shape == (N_ROWS, N_COMPONENTS)
     # Every operation of training and solving, backward passes included,
-    # returns at most n * p * k elements; a p x p matrix would have 4e8.
+    # returns at most n * p * k elements. A p x p matrix would have 4e8.
     assert largest.max_numel <= N_ROWS * N_FEATURES * N_COMPONENTS

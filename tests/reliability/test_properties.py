@@ -21,12 +21,12 @@ SETTINGS = settings(max_examples=20, deadline=None, derandomize=True)
 
 
 @st.composite
-def problems(draw):
+def problems(draw, nonlinearities=("identity", "relu")):
     """Draw a model and valid data: family, N, d, k in 1..4, dtype, nonlinearity and loadings."""
     name = draw(st.sampled_from(sorted(FAMILIES)))
     n_rows, n_features, n_components = (draw(st.integers(1, 4)) for _ in range(3))
     dtype = draw(st.sampled_from([torch.float32, torch.float64]))
-    nonlinearity = draw(st.sampled_from(["identity", "relu"]))
+    nonlinearity = draw(st.sampled_from(nonlinearities))
     seed = draw(st.integers(0, 2**16))
     family = pyro_deq.families.get(name, **FAMILIES[name])
 
@@ -51,8 +51,11 @@ def test_log_joint_finite_for_valid_data(problem):
     assert bool(torch.isfinite(log_joint).all())
 
 
+# With ReLU the log joint is not smooth, and its maximum can sit on a kink
+# where no stationary point exists, so the property is checked for the
+# identity only.
 @SETTINGS
-@given(problems())
+@given(problems(nonlinearities=("identity",)))
 def test_map_satisfies_stationarity(problem):
     model, y = problem
     guide = pyro_deq.AutoDEQ(model)
