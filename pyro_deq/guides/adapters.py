@@ -98,6 +98,17 @@ class ExpFamAdapter:
         weight, bias = params if params is not None else self.parameters(globals_)
         return self.model.problem(data, weight=weight, bias=bias)
 
+    def canonical_globals(self, globals_: dict | None) -> dict | None:
+        """Key the value of the loadings' site as ``"weight"``, whatever the model's ``name``."""
+        if not globals_ or isinstance(self.model, DeepExpFamPCA):
+            return globals_
+        site = self.model.weight_site
+        if site == "weight" or site not in globals_:
+            return globals_
+        renamed = {key: value for key, value in globals_.items() if key != site}
+        renamed["weight"] = globals_[site]
+        return renamed
+
     def parameters(self, globals_=None) -> tuple:
         """Tensors the per-row problem depends on, for implicit gradients."""
         if isinstance(self.model, DeepExpFamPCA):
@@ -225,6 +236,9 @@ class GenericAdapter:
             if scale_tensor.numel() > 0 and bool(torch.isfinite(scale_tensor).all()):
                 scale = torch.broadcast_to(scale_tensor, site["value"].shape)[0].pow(-2)
         return AutogradProblem(self._log_joint(args, kwargs or {}, trace, globals_), scale)
+
+    def canonical_globals(self, globals_: dict | None) -> dict | None:
+        return globals_
 
     def parameters(self, globals_=None) -> tuple:
         return ()

@@ -126,6 +126,7 @@ class AutoDEQ(AutoGuide):
         batch = adapter.row_batch(args, kwargs, state)
         batch_state = adapter.batch_data(state, batch)
         gradient = gradient or self.gradient
+        globals_ = adapter.canonical_globals(globals_)
 
         draws = self._split_global_draws(globals_)
         solutions, problems = [], []

@@ -124,6 +124,11 @@ class ExpFamPCA(PyroModule):
     # ------------------------------------------------------------------ data
 
     @property
+    def weight_site(self) -> str:
+        """Name of the ``weight`` site in traces: ``"weight"``, prefixed by the model's ``name``."""
+        return f"{self._pyro_name}.weight" if self._pyro_name else "weight"
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.bias.dtype
 

@@ -228,6 +228,24 @@ def test_parallel_predictive_solves_each_global_draw():
         assert torch.allclose(z[draw], expected, atol=1e-8)
 
 
+def test_guide_list_with_named_model():
+    torch.manual_seed(3)
+    y = torch.bernoulli(torch.full((6, 4), 0.4, dtype=torch.float64))
+    model = pyro_deq.ExpFamPCA(4, 2, family="bernoulli", weight_decay=4.0, name="named",
+                               weight=0.5 * torch.randn(4, 2, dtype=torch.float64),
+                               bias=torch.zeros(4, dtype=torch.float64))
+    assert model.weight_site == "named.weight"
+    guide = pyro_deq.AutoDEQGuideList(model)
+    guide.append(AutoDelta(poutine.block(model, expose=["named.weight"])))
+    guide.append(pyro_deq.AutoDEQ(model))
+    _fit(model, guide, y, n_steps=3)
+
+    medians = guide.median(y)
+    problem = model.problem(y, weight=medians["named.weight"])
+    expected = pyro_deq.solve(problem, torch.zeros(6, 2, dtype=torch.float64)).z
+    assert torch.allclose(medians["z"], expected, atol=1e-8)
+
+
 def test_guide_list_quantiles_with_autodelta_part():
     model, y, guide = _guide_list_with_weight_prior(AutoDelta)
     _fit(model, guide, y, n_steps=3)
