@@ -35,11 +35,23 @@ def test_default_method_is_anderson_for_callable():
 
 def test_default_max_iter_per_method():
     z0 = torch.zeros(2, 1, dtype=torch.float64)
+    # Rate 0.99: the residual halves every 69 steps, steadily enough to run
+    # all 1000 iterations, and still ends far above the float64 tolerance.
     with pytest.warns(ConvergenceWarning):
-        result = solve(lambda z: -z + 1.0, z0, method="picard")
+        result = solve(lambda z: 0.99 * z + 1.0, z0, method="picard")
 
     assert DEFAULT_MAX_ITER == {"newton": 50, "anderson": 500, "picard": 1000}
     assert result.n_iter == DEFAULT_MAX_ITER["picard"]
+    assert result.status == "max_iter"
+
+
+def test_cycling_picard_stops_as_diverged():
+    z0 = torch.zeros(2, 1, dtype=torch.float64)
+    with pytest.warns(ConvergenceWarning, match="stopped decreasing"):
+        result = solve(lambda z: -z + 1.0, z0, method="picard")
+
+    assert result.status == "diverged"
+    assert result.n_iter == 100
 
 
 def test_result_keeps_dtype_and_detaches(contractive_problem, zeros):
