@@ -114,6 +114,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="precision lambda of the N(0, 1/lambda) prior on each latent (default: %(default)s)")
     parser.add_argument("--steps", type=positive_int, default=500, metavar="N",
                         help="number of SVI steps (default: %(default)s)")
+    parser.add_argument("--max-iter", type=positive_int, metavar="N",
+                        help="Newton iterations per solve for the latents (default: 50)")
     parser.add_argument("--learning-rate", type=positive_float, default=0.05, metavar="LR",
                         help="Adam step size (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, metavar="B",
@@ -241,7 +243,8 @@ def check_converged(solver: dict, allow_unconverged: bool) -> None:
         f"counted from 1) did not converge: {result.status} after {result.n_iter} iterations, max relative "
         f"residual {float(result.residual.max()):.3g} (tolerance {result.tol:.3g}); nothing was written. "
         "Columns of very large counts usually cause this: pass log library size as --offset-column, "
-        "rescale or drop those columns, or raise --steps; --allow-unconverged writes the outputs anyway",
+        "rescale or drop those columns, or raise --steps or --max-iter; --allow-unconverged writes the "
+        "outputs anyway",
         {"failed_rows": failed, "result": result},
     )
 
@@ -268,14 +271,14 @@ def _build_model(args, family, matrix: MatrixFile):
     )
 
 
-def _laplace(model, matrix: MatrixFile) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def _laplace(model, matrix: MatrixFile, max_iter: int | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Compute the MAP latents, their Laplace standard deviations and the solver diagnostics.
 
     A precision that is not positive definite (possible with ``relu``) is
     reported as a warning and gives NaN standard deviations, recorded in the
     diagnostics, so the trained model is still written.
     """
-    guide = pyro_deq.AutoDEQLaplace(model)
+    guide = pyro_deq.AutoDEQLaplace(model, max_iter=max_iter)
     data = {"mask": matrix.mask, "offset": matrix.offset}
     z = guide.median(matrix.y, **data)["z"]
     solver = dict(guide.diagnostics)
@@ -300,13 +303,13 @@ def run(args: argparse.Namespace) -> int:
     pyro.set_rng_seed(args.seed)
     pyro.clear_param_store()
     model = _build_model(args, family, matrix)
-    guide = pyro_deq.AutoDEQ(model)
+    guide = pyro_deq.AutoDEQ(model, max_iter=args.max_iter)
     training = train(
         model, guide, matrix.y, mask=matrix.mask, offset=matrix.offset, num_steps=args.steps,
         learning_rate=args.learning_rate, batch_size=args.batch_size, progress=not args.quiet,
         description="pyro-deq fit",
     )
-    z, sd, solver = _laplace(model, matrix)
+    z, sd, solver = _laplace(model, matrix, args.max_iter)
     check_converged(solver, args.allow_unconverged)
 
     diagnostics = _diagnostics(args, family, matrix, training, solver, degenerate)

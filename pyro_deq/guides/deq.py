@@ -7,7 +7,8 @@ import pyro.distributions as dist
 import torch
 from pyro.infer.autoguide import AutoGuide
 
-from ..solvers import attach_gradient, solve
+from ..models import ExpFamPCAProblem
+from ..solvers import attach_gradient, report_failure, solve
 from .adapters import make_adapter
 
 __all__ = ["AutoDEQ", "GRADIENTS"]
@@ -106,7 +107,14 @@ class AutoDEQ(AutoGuide):
 
     def _solve_rows(self, problem, n_rows: int, size: int, dtype, device) -> torch.Tensor:
         z0 = torch.zeros(n_rows, size, dtype=dtype, device=device)
-        result = solve(problem, z0, method=self.method, tol=self.tol, max_iter=self.max_iter, **self.solver_options)
+        options = dict(self.solver_options)
+        throw = options.pop("throw", False)
+        result = solve(problem, z0, method=self.method, tol=self.tol, max_iter=self.max_iter, warn=False, **options)
+        if not bool(result.converged.all()) and dtype != torch.float64 and isinstance(problem, ExpFamPCAProblem):
+            self._refine_in_float64(problem, result, options)
+        if not bool(result.converged.all()):
+            report_failure(result, throw)
+
         self.diagnostics = {
             "n_iter": result.n_iter,
             "max_residual": float(result.residual.max()) if result.residual.numel() else 0.0,
@@ -115,6 +123,26 @@ class AutoDEQ(AutoGuide):
             "result": result,
         }
         return result.z
+
+    def _refine_in_float64(self, problem, result, options: dict) -> None:
+        """Re-solve in float64 the rows that the lower-precision solve left unconverged.
+
+        With large counts or loadings, the rounding noise of a float32 residual
+        can exceed the tolerance, so those rows can never converge in float32.
+        They restart in float64 from their last iterate, against the same
+        tolerance, and ``result`` is updated in place.
+        """
+        rows = torch.nonzero(~result.converged).flatten()
+        refined = solve(
+            problem.rows(rows).to(torch.float64), result.z[rows].double(), method=self.method,
+            tol=result.tol, max_iter=self.max_iter, warn=False, **options,
+        )
+        result.z[rows] = refined.z.to(result.z.dtype)
+        result.residual[rows] = refined.residual.to(result.residual.dtype)
+        result.converged[rows] = refined.converged
+        result.row_status[rows] = refined.row_status
+        result.stats["n_refined_float64"] = int(rows.numel())
+        result.stats["n_iter_float64"] = refined.n_iter
 
     def _map(self, args, kwargs, globals_=None, gradient: str | None = None):
         """Solve for the MAP of the rows of this call.

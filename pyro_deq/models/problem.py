@@ -67,6 +67,13 @@ class ExpFamPCAProblem(FixedPointProblem):
             self.weight.to(dtype), self.bias.to(dtype), self.prior_precision,
         )
 
+    def rows(self, index: torch.Tensor) -> "ExpFamPCAProblem":
+        """Return the problem restricted to the rows in ``index``, shape ``(B,)``."""
+        family = self.family.index_rows(index, self.data.n_rows)
+        return ExpFamPCAProblem(
+            family, self.nonlinearity, self.data.rows(index), self.weight, self.bias, self.prior_precision
+        )
+
     @property
     def contraction_bound(self) -> float | None:
         """``||W||₂² sup A'' / λ``; ``None`` when ``sup A''`` is unbounded (Poisson)."""

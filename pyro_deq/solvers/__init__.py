@@ -11,7 +11,7 @@ from pyro_deq.solvers.newton import newton_solve
 from pyro_deq.solvers.picard import picard_solve
 from pyro_deq.solvers.problem import CallableProblem, Evaluation, FixedPointProblem, as_problem
 from pyro_deq.solvers.result import SolverError, SolverResult, default_tolerance, relative_residual
-from pyro_deq.solvers.solve import DEFAULT_MAX_ITER, METHODS, solve
+from pyro_deq.solvers.solve import DEFAULT_MAX_ITER, METHODS, report_failure, solve
 
 __all__ = [
     "CallableProblem",
@@ -29,5 +29,6 @@ __all__ = [
     "newton_solve",
     "picard_solve",
     "relative_residual",
+    "report_failure",
     "solve",
 ]

@@ -16,7 +16,7 @@ from pyro_deq.solvers.picard import picard_solve
 from pyro_deq.solvers.problem import FixedPointProblem, as_problem
 from pyro_deq.solvers.result import SolverError, SolverResult, default_tolerance
 
-__all__ = ["solve", "METHODS", "DEFAULT_MAX_ITER"]
+__all__ = ["solve", "report_failure", "METHODS", "DEFAULT_MAX_ITER"]
 
 METHODS = {"newton": newton_solve, "anderson": anderson_solve, "picard": picard_solve}
 
@@ -36,6 +36,7 @@ def solve(
     tol: float | None = None,
     max_iter: int | None = None,
     throw: bool = False,
+    warn: bool = True,
     **options,
 ) -> SolverResult:
     r"""Solve the batch of fixed-point problems ``z_n = f(z_n)``, one per row.
@@ -62,6 +63,9 @@ def solve(
         :func:`~pyro_deq.solvers.result.default_tolerance` of ``z0.dtype``.
     :param int max_iter: maximum number of iterations; ``None`` uses
         :data:`DEFAULT_MAX_ITER`: 50 for Newton, 500 for Anderson, 1000 for Picard.
+    :param bool warn: with ``throw=False``, issue the warning for unconverged
+        rows; ``False`` leaves the report to the caller (see :func:`report_failure`),
+        and the result still carries every diagnostic.
     :param bool throw: raise :class:`~pyro_deq.solvers.result.SolverError`
         instead of issuing a :class:`~pyro_deq.errors.ConvergenceWarning` when
         some rows do not converge.
@@ -84,12 +88,12 @@ def solve(
     with torch.no_grad():
         result = METHODS[method](problem, z0.detach(), tol=tol, max_iter=max_iter, **options)
 
-    if not bool(result.converged.all()):
-        _report_failure(result, throw)
+    if not bool(result.converged.all()) and (throw or warn):
+        report_failure(result, throw)
     return result
 
 
-def _report_failure(result: SolverResult, throw: bool) -> None:
+def report_failure(result: SolverResult, throw: bool = False) -> None:
     """Raise :class:`SolverError` or warn at the caller's line about unconverged rows."""
     if throw:
         diagnostics = {
