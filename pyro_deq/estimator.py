@@ -123,7 +123,7 @@ class DEQPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         Mean loss (negative ELBO per row) of each epoch.
     n_features_in_ : int
         Number of features seen during :meth:`fit`.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Column names, set only when ``X`` has string column names.
 
     Notes
