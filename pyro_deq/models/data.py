@@ -17,11 +17,16 @@ class ModelData:
     :ivar torch.Tensor y: observations with missing entries filled by 0, shape ``(N, d)``.
     :ivar mask: ``True`` where ``y`` is observed, shape ``(N, d)``, or ``None`` when all are.
     :ivar offset: added to the canonical parameter, shape broadcastable to ``(N, d)``, or ``None``.
+    :ivar source_rows: for data cut from a larger data set by :meth:`rows`, the
+        indices of these rows in it, shape ``(N,)``; ``None`` otherwise.
+    :ivar source_size: the number of rows of that larger data set, or ``None``.
     """
 
     y: torch.Tensor
     mask: torch.Tensor | None
     offset: torch.Tensor | None
+    source_rows: torch.Tensor | None = None
+    source_size: int | None = None
 
     @property
     def n_rows(self) -> int:
@@ -30,7 +35,7 @@ class ModelData:
     def to(self, dtype: torch.dtype) -> "ModelData":
         """Return the data with ``y`` and ``offset`` cast to ``dtype``."""
         offset = None if self.offset is None else self.offset.to(dtype)
-        return ModelData(self.y.to(dtype), self.mask, offset)
+        return ModelData(self.y.to(dtype), self.mask, offset, self.source_rows, self.source_size)
 
     def rows(self, index: torch.Tensor) -> "ModelData":
         """Return the data restricted to the rows in ``index``."""
@@ -38,7 +43,17 @@ class ModelData:
         if offset is not None and offset.dim() == 2 and offset.shape[0] == self.n_rows:
             offset = offset[index]
         mask = None if self.mask is None else self.mask[index]
-        return ModelData(self.y[index], mask, offset)
+        if self.source_rows is None:
+            source_rows, source_size = index, self.n_rows
+        else:
+            source_rows, source_size = self.source_rows[index], self.source_size
+        return ModelData(self.y[index], mask, offset, source_rows, source_size)
+
+    def family_rows(self, family):
+        """Restrict ``family`` to these rows when its parameters are per entry of the larger data set."""
+        if self.source_rows is None:
+            return family
+        return family.index_rows(self.source_rows, self.source_size)
 
 
 def as_tensor(value, name: str, dtype: torch.dtype, device=None) -> torch.Tensor:

@@ -150,7 +150,7 @@ class DeepExpFamPCA(PyroModule):
         eta = self.nonlinearity(layers[0] @ weight.transpose(-1, -2) + bias)
         if data.offset is not None:
             eta = eta + data.offset
-        log_prob = self.family.distribution(eta).log_prob(data.y)
+        log_prob = data.family_rows(self.family).distribution(eta).log_prob(data.y)
         if data.mask is not None:
             log_prob = torch.where(data.mask, log_prob, torch.zeros_like(log_prob))
         total = log_prob.sum(-1)

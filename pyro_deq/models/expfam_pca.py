@@ -227,7 +227,8 @@ class ExpFamPCA(PyroModule):
         """
         data = y if isinstance(y, ModelData) else self.prepare(y, mask, offset)
         weight, bias = self.resolve_parameters(weight, bias)
-        return ExpFamPCAProblem(self.family, self.nonlinearity, data, weight, bias, self.prior_precision)
+        family = data.family_rows(self.family)
+        return ExpFamPCAProblem(family, self.nonlinearity, data, weight, bias, self.prior_precision)
 
     def log_joint(self, y, z, mask=None, offset=None, weight=None, bias=None) -> torch.Tensor:
         """Compute ``log p(y_n, z_n | θ)`` per row, shape ``(N,)``.
@@ -238,7 +239,7 @@ class ExpFamPCA(PyroModule):
         problem = self.problem(y, mask, offset, weight, bias)
         data = problem.data
         _, eta = problem.canonical_parameter(z)
-        log_prob = self.family.distribution(eta).log_prob(data.y)
+        log_prob = problem.family.distribution(eta).log_prob(data.y)
         if data.mask is not None:
             log_prob = torch.where(data.mask, log_prob, torch.zeros_like(log_prob))
         scale = self.prior_precision ** -0.5

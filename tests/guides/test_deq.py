@@ -191,6 +191,24 @@ def test_subsample_rows_match_full_solve():
     assert all(math.isfinite(loss) for loss in losses)
 
 
+def test_subsample_with_per_entry_total_count():
+    torch.manual_seed(0)
+    total_count = torch.randint(1, 10, (12, 4)).double()
+    y = torch.distributions.Binomial(total_count, probs=torch.full((12, 4), 0.3, dtype=torch.float64)).sample()
+    family = pyro_deq.families.get("binomial", total_count=total_count)
+    model = pyro_deq.ExpFamPCA(4, 2, family=family, weight=0.5 * torch.randn(4, 2, dtype=torch.float64),
+                               bias=torch.zeros(4, dtype=torch.float64))
+    guide = pyro_deq.AutoDEQ(model)
+    full = guide.median(y)["z"]
+
+    rows = torch.tensor([3, 7, 11])
+    assert torch.allclose(guide.median(y, subsample=rows)["z"], full[rows], atol=1e-10)
+    trace = _trace_guide(guide, y, subsample=rows)
+    assert torch.allclose(trace.nodes["z"]["value"], full[rows], atol=1e-10)
+    losses = _fit(model, guide, y, n_steps=2, subsample_size=5)
+    assert all(math.isfinite(loss) for loss in losses)
+
+
 def test_predictive_on_new_data():
     model, y = make_problem_data("poisson", n_rows=10, n_features=5, n_components=2, seed=7)
     guide = pyro_deq.AutoDEQ(model)
