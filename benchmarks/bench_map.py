@@ -36,6 +36,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import statistics
@@ -63,6 +64,8 @@ try:
     from torchdeq.solver.anderson import anderson_solver as torchdeq_anderson
 except ImportError:  # torchdeq is in the `bench` extra only, which CI does not install.
     torchdeq_anderson = None
+
+logger = logging.getLogger("bench_map")
 
 FULL = {"n_rows": 2000, "n_features": 64, "components": (5, 20), "families": ("bernoulli", "poisson"),
         "threads": (1, 2), "svi_max_steps": 2000}
@@ -107,9 +110,10 @@ def make_model(family: str, weight: torch.Tensor, bias: torch.Tensor, name: str)
 
 
 def relative_error(z: torch.Tensor, reference: torch.Tensor) -> float:
-    """``max_n ||z_n - z*_n|| / (1 + ||z*_n||)``, computed in float64."""
+    """``max_n ||z_n - z*_n|| / (1 + ||z*_n||)``, computed in float64; infinite for a failed (NaN) solve."""
     z = torch.as_tensor(z, dtype=torch.float64)
-    return float(((z - reference).norm(dim=-1) / (1 + reference.norm(dim=-1))).max())
+    error = float(((z - reference).norm(dim=-1) / (1 + reference.norm(dim=-1))).max())
+    return error if math.isfinite(error) else math.inf
 
 
 def reference_map(family: str, weight, bias, y) -> torch.Tensor:
@@ -191,10 +195,18 @@ def torchdeq_runner(model, y):
     z0 = torch.zeros(y.shape[0], model.n_components)
 
     def run(tol: float) -> torch.Tensor:
-        with torch.no_grad():
-            z, _, _ = torchdeq_anderson(problem.fixed_point_map, z0, max_iter=TORCHDEQ_MAX_ITER, tol=tol,
-                                        stop_mode="rel")
+        # torchdeq 0.1.0 solves its mixing system with torch.linalg.solve and no
+        # fallback, so a singular system for one row aborts the whole solve.
+        try:
+            with torch.no_grad():
+                z, _, _ = torchdeq_anderson(problem.fixed_point_map, z0, max_iter=TORCHDEQ_MAX_ITER, tol=tol,
+                                            stop_mode="rel")
+        except torch.linalg.LinAlgError as error:
+            run.info = {"failure": str(error).splitlines()[0]}
+            return torch.full_like(z0, math.nan)
+        run.info = {}
         return z
+    run.info = {}
     return run
 
 
@@ -306,7 +318,12 @@ def run_case(family: str, n_rows: int, n_features: int, n_components: int, threa
     if torchdeq_anderson is not None:
         runners["torchdeq anderson"] = (torchdeq_runner(model, y), SOLVER_TOLERANCES)
 
-    methods = {name: time_to_targets(run, tolerances, reference, repeats) for name, (run, tolerances) in runners.items()}
+    methods = {}
+    for name, (run, tolerances) in runners.items():
+        start = time.perf_counter()
+        methods[name] = time_to_targets(run, tolerances, reference, repeats)
+        logger.info("%s k=%d threads=%d: %s took %.1f s", family, n_components, threads, name,
+                    time.perf_counter() - start)
     methods["scipy L-BFGS-B (float64)"] = lbfgs_time_to_targets(family, weight, bias, y, reference, repeats)
     methods["AutoDelta SVI"] = svi_time_to_targets(family, weight, bias, y, reference, svi_max_steps)
     for target in TARGETS:
@@ -360,8 +377,9 @@ def format_table(figures: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    _common.add_common_arguments(parser)
+    _common.add_common_arguments(parser, default_repeats=3)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
     figures = run_benchmark(QUICK if args.quick else FULL, args.repeats)
     _common.emit(format_table(figures))
