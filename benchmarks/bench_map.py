@@ -30,7 +30,7 @@ does not contract. The Poisson loadings have entries of sd ``0.5 / sqrt(k)``.
 
 Usage::
 
-    python benchmarks/bench_map.py [--quick] [--repeats 5] [--out results.json]
+    python benchmarks/bench_map.py [--quick] [--repeats 3] [--threads 1 2] [--out results.json]
 """
 
 from __future__ import annotations
@@ -378,10 +378,15 @@ def format_table(figures: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     _common.add_common_arguments(parser, default_repeats=3)
+    parser.add_argument("--threads", type=int, nargs="+",
+                        help="torch thread counts to measure (default 1 2, only 1 with --quick)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
-    figures = run_benchmark(QUICK if args.quick else FULL, args.repeats)
+    size = dict(QUICK if args.quick else FULL)
+    if args.threads:
+        size["threads"] = tuple(args.threads)
+    figures = run_benchmark(size, args.repeats)
     _common.emit(format_table(figures))
     _common.write_json(figures, args.out)
     return figures

@@ -163,6 +163,7 @@ def test_bench_amortization_quick(tmp_path, restore_threads):
     assert figures["deq"]["distance_max"] < 1e-2
 
 
+@pytest.mark.slow  # two fresh Python processes, each importing torch and Pyro
 def test_bench_scaling_quick(tmp_path, restore_threads):
     figures = run_script("bench_scaling", tmp_path)
 
@@ -189,6 +190,7 @@ def test_bench_flops_quick(tmp_path, restore_threads):
     assert figures["profile"], "the profile is empty"
 
 
+@pytest.mark.slow  # a fresh Python process that imports torch and Pyro
 def test_run_all_writes_json_and_tables(tmp_path):
     load_script("run_all").main(["--quick", "--out-dir", str(tmp_path), "--only", "bench_newton"])
 
