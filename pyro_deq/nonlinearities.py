@@ -62,6 +62,13 @@ class Identity(Nonlinearity):
         return True
 
 
+# Default bias of a layer with a ReLU nonlinearity. At u = W z + b = 0 the mask
+# R'(u) is 0, so with a zero bias and latents starting at 0 no gradient reaches
+# the latents, the loadings or the bias and nothing moves. A positive bias of
+# unit order starts every unit active.
+RELU_INITIAL_BIAS = 0.5
+
+
 class ReLU(Nonlinearity):
     """``R(u) = max(u, 0)``, which turns the model into a network with a data-dependent mask.
 

@@ -73,7 +73,9 @@ class DeepExpFamPCA(PyroModule):
         for layer in range(1, self.n_layers + 1):
             shape = (self.widths[layer - 1], self.widths[layer])
             setattr(self, f"weight{layer}", PyroParam(0.1 * torch.randn(shape)))
-            setattr(self, f"bias{layer}", PyroParam(torch.zeros(shape[0])))
+            layer_nonlinearity = self.nonlinearity if layer == 1 else self.hidden_nonlinearity
+            start = 0.0 if layer_nonlinearity.is_identity else nonlinearities.RELU_INITIAL_BIAS
+            setattr(self, f"bias{layer}", PyroParam(torch.full((shape[0],), start)))
 
     @property
     def n_layers(self) -> int:

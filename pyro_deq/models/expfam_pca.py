@@ -59,7 +59,8 @@ class ExpFamPCA(PyroModule):
     :param nonlinearity: ``"identity"`` or ``"relu"``, or a nonlinearity object.
     :param float prior_precision: ``λ``, the precision of the Gaussian prior on ``z``.
     :param weight: initial loadings, shape ``(d, k)``; random ``N(0, 0.1²)`` by default.
-    :param bias: initial bias, shape ``(d,)``; zeros by default.
+    :param bias: initial bias, shape ``(d,)``; zeros by default, and 0.5 for the
+        ReLU nonlinearity so that its mask starts open.
     :param weight_decay: precision ``τ`` of an optional ``N(0, τ⁻¹)`` prior on each
         loading, which makes ``"weight"`` a latent site; ``None`` keeps it a parameter.
     :param str name: prefix of the parameter names in Pyro's param store, so that
@@ -111,7 +112,8 @@ class ExpFamPCA(PyroModule):
 
     def _initial_bias(self, bias, dtype: torch.dtype) -> torch.Tensor:
         if bias is None:
-            return torch.zeros(self.n_features, dtype=dtype)
+            start = 0.0 if self.nonlinearity.is_identity else nonlinearities.RELU_INITIAL_BIAS
+            return torch.full((self.n_features,), start, dtype=dtype)
         bias = as_tensor(bias, "bias", dtype)
         if tuple(bias.shape) != (self.n_features,):
             raise ValueError(

@@ -222,3 +222,22 @@ def test_constructor_keeps_initial_values():
 def test_prior_predictive_needs_n_rows():
     with pytest.raises(ValueError, match="`n_rows` is required"):
         _bernoulli_model()(None)
+
+
+def test_relu_default_bias_opens_mask():
+    model = pyro_deq.ExpFamPCA(4, 2, family="bernoulli", nonlinearity="relu", name="relu_bias")
+    assert torch.equal(model.bias.detach(), torch.full((4,), 0.5))
+
+    # With the mask open at z = 0, the bias and the latents receive gradients.
+    y = torch.tensor([[1.0, 0.0, 1.0, 1.0]])
+    bias = model.bias.detach().clone().requires_grad_(True)
+    log_joint = model.log_joint(y, torch.zeros(1, 2), bias=bias).sum()
+    (gradient,) = torch.autograd.grad(log_joint, bias)
+    assert float(gradient.abs().sum()) > 0
+    assert float(model.log_joint_gradient(y, torch.zeros(1, 2)).abs().sum()) > 0
+
+
+def test_deep_relu_layers_start_with_open_mask():
+    model = pyro_deq.DeepExpFamPCA([5, 3, 2], family="bernoulli")
+    assert torch.equal(model.bias1.detach(), torch.zeros(5))
+    assert torch.equal(model.bias2.detach(), torch.full((3,), 0.5))
