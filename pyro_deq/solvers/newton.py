@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from pyro_deq.solvers.problem import Evaluation, FixedPointProblem
-from pyro_deq.solvers.result import STALLED, RowTracker, SolverResult, evaluation_is_finite
+from pyro_deq.solvers.result import CONVERGED, STALLED, RowTracker, SolverResult, evaluation_is_finite
 
 __all__ = ["newton_solve", "MAX_BACKTRACKS", "ROUNDING_ULPS"]
 
@@ -23,6 +23,12 @@ MAX_BACKTRACKS = 30
 # changes it by less than that error, and a strict decrease test would reject
 # good steps and stall rows that are about to converge.
 ROUNDING_ULPS = 100.0
+
+# A row whose full Newton step is below STEP_ULPS * eps * (1 + ||z||) is at its
+# root to working precision: the step cannot change z any further. This ends
+# rows whose residual's rounding noise, which grows with the size of the
+# counts, sits above the tolerance (float64 counts near 1e6, for example).
+STEP_ULPS = 64.0
 
 
 def newton_solve(
@@ -54,7 +60,9 @@ def newton_solve(
     Every trial point is evaluated with its Jacobian, and the accepted one is
     reused by the next iteration, so an iteration whose first trial is accepted
     costs one gradient-and-Hessian evaluation. Rows that meet ``tol`` stop
-    moving. A row with no acceptable step after ``max_backtracks`` halvings is
+    moving, and so do rows whose Newton step is below ``STEP_ULPS`` rounding
+    units of ``z``: they count as converged, because no further step can
+    change them, even when rounding keeps their residual above ``tol``. A row with no acceptable step after ``max_backtracks`` halvings is
     marked ``stalled`` and keeps its last accepted point, which is its best in
     the merit function up to the rounding allowance.
 
@@ -70,7 +78,8 @@ def newton_solve(
     :param callback: optional ``callback(n_iter, z, residual)``, see
         :class:`~pyro_deq.solvers.result.RowTracker`.
     :returns: a :class:`SolverResult`; ``stats`` contains the ints ``n_fallbacks``,
-        ``n_backtracks`` (row halvings) and ``n_evaluations``.
+        ``n_backtracks`` (row halvings), ``n_evaluations`` and
+        ``n_step_converged`` (rows ended by the step-size test).
     """
     if not problem.has_jacobian:
         raise NotImplementedError(
@@ -81,12 +90,21 @@ def newton_solve(
     evaluation = problem.evaluate(z0, jacobian=True)
     _check_evaluation(problem, evaluation)
     tracker = RowTracker("newton", z0, evaluation, tol, callback=callback, keep_best=False)
-    stats = {"n_fallbacks": 0, "n_backtracks": 0, "n_evaluations": 1}
+    stats = {"n_fallbacks": 0, "n_backtracks": 0, "n_evaluations": 1, "n_step_converged": 0}
 
     while tracker.n_iter < max_iter and tracker.any_active():
         active = tracker.active
         direction, fallback = _newton_direction(evaluation, problem.has_objective)
         stats["n_fallbacks"] += int((fallback & active).sum())
+
+        step_floor = STEP_ULPS * torch.finfo(z0.dtype).eps * (1.0 + tracker.z.norm(dim=-1))
+        at_precision = active & ~fallback & (direction.norm(dim=-1) <= step_floor)
+        if bool(at_precision.any()):
+            tracker.mark(at_precision, CONVERGED)
+            stats["n_step_converged"] += int(at_precision.sum())
+            active = tracker.active
+            if not bool(active.any()):
+                break
 
         z, evaluation, accepted = _line_search(problem, tracker.z, evaluation, direction, active, max_backtracks, stats)
         tracker.update(z, evaluation, accepted, finite=accepted)

@@ -95,3 +95,20 @@ def test_cli_unconverged_exits_1_and_writes_nothing(tmp_path, capsys):
     assert main(arguments + ["--allow-unconverged"]) == 0
     diagnostics = (tmp_path / "out" / "diagnostics.json").read_text()
     assert '"unconverged_rows": [' in diagnostics
+
+
+def test_float64_huge_counts_converge_at_working_precision():
+    generator = torch.Generator().manual_seed(2)
+    y = torch.poisson(torch.full((40, 6), 1e6, dtype=torch.float64), generator=generator)
+    family = pyro_deq.families.get("poisson")
+    model = pyro_deq.ExpFamPCA(6, 2, family=family, weight=0.3 * torch.randn(6, 2, dtype=torch.float64,
+                               generator=generator), bias=initial_bias(family, y).double())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pyro_deq.ConvergenceWarning)
+        result = pyro_deq.solve(model.problem(y), torch.zeros(40, 2, dtype=torch.float64))
+
+    assert result.status == "converged"
+    gradient = model.problem(y).gradient(result.z).detach()
+    # The log joint's gradient is a sum of terms near 1e6 that cancel, so its
+    # rounding noise is about 1e6 * eps * sqrt(d) per row.
+    assert float(gradient.norm(dim=-1).max()) < 1e-6
