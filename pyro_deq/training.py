@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import ClippedAdam
 from tqdm.auto import tqdm
 
-from .errors import NumericalError
+from .errors import ConvergenceWarning, NumericalError, warn_at_caller
 
 __all__ = ["TrainingResult", "load_checkpoint", "save_checkpoint", "train"]
 
@@ -37,12 +39,15 @@ class TrainingResult:
     :ivar float seconds: wall time.
     :ivar int n_steps: steps taken in total, including those of a resumed checkpoint.
     :ivar int resumed_from: the step a checkpoint resumed from, 0 for a fresh run.
+    :ivar int n_unconverged_steps: steps of this run whose solve left rows
+        unconverged; one ``ConvergenceWarning`` at the end summarises them.
     """
 
     losses: list = field(default_factory=list)
     seconds: float = 0.0
     n_steps: int = 0
     resumed_from: int = 0
+    n_unconverged_steps: int = 0
 
 
 def train(
@@ -114,8 +119,10 @@ def train(
 
     start = time.perf_counter()
     bar = tqdm(range(result.resumed_from, num_steps), desc=description, disable=not progress, leave=False)
+    unconverged = _UnconvergedSteps()
     for step in bar:
-        loss = svi.step(y, **kwargs) / rows_per_step
+        with unconverged.collect():
+            loss = svi.step(y, **kwargs) / rows_per_step
         if not math.isfinite(loss):
             raise NumericalError(
                 f"The loss became {loss} at step {step}; lower `learning_rate` or check the data "
@@ -132,9 +139,44 @@ def train(
         save_checkpoint(checkpoint, svi, num_steps, result.losses, settings)
     result.seconds = time.perf_counter() - start
     result.n_steps = num_steps
+    result.n_unconverged_steps = unconverged.count
+    unconverged.report(num_steps - result.resumed_from)
     logger.info("%s: %d steps in %.1f s, final loss %.4f", description, num_steps, result.seconds,
                 result.losses[-1] if result.losses else float("nan"))
     return result
+
+
+class _UnconvergedSteps:
+    """Count the training steps whose solve left rows unconverged, and warn once at the end.
+
+    A solve that stops short warns at every SVI step, which would bury the
+    progress bar and any other message under hundreds of identical lines.
+    Other warnings pass through unchanged.
+    """
+
+    def __init__(self):
+        self.count = 0
+        self.last_message = ""
+
+    @contextlib.contextmanager
+    def collect(self):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        for warning in caught:
+            if issubclass(warning.category, ConvergenceWarning):
+                self.count += 1
+                self.last_message = str(warning.message)
+            else:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+    def report(self, n_steps: int) -> None:
+        if self.count:
+            warn_at_caller(
+                f"In {self.count} of {n_steps} training steps the fixed-point solve left rows "
+                f"unconverged; the last: {self.last_message}",
+                ConvergenceWarning,
+            )
 
 
 def save_checkpoint(path: Path, svi: SVI, step: int, losses: list, settings: dict) -> None:
