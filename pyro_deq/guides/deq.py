@@ -7,6 +7,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer.autoguide import AutoGuide
 
+from ..errors import warn_at_caller
 from ..models import ExpFamPCAProblem
 from ..solvers import attach_gradient, report_failure, solve
 from .adapters import make_adapter
@@ -184,6 +185,24 @@ class AutoDEQ(AutoGuide):
         jacobian = problem.evaluate(z, jacobian=True).jacobian.detach()
         return attach_gradient("implicit", residual_fn, z, params, jacobian=jacobian)
 
+    def _summary_map(self, args, kwargs):
+        """Solve for ``median``, ``get_posterior`` and ``log_marginal``, which report every row.
+
+        A generic model whose plate subsamples on its own gives only the rows
+        it chose; the warning says so, and ``diagnostics["rows"]`` holds them.
+        """
+        z, batch, state, problem = self._map(args, kwargs, self.global_values, gradient="envelope")
+        self.diagnostics["rows"] = batch.rows
+        if not self.adapter.closed_form and batch.rows.numel() < batch.n_total:
+            warn_at_caller(
+                f"The model's plate {self.adapter.plate!r} subsampled {batch.rows.numel()} of "
+                f"{batch.n_total} rows, so only their latents are returned (their indices are in "
+                "guide.diagnostics['rows']). Make subsample_size an argument of the model and "
+                "leave it out here to get every row.",
+                UserWarning,
+            )
+        return z, batch, state, problem
+
     def _split_global_draws(self, globals_):
         """Split global values with leading draw dimensions into one dict per draw."""
         if not _has_draw_dims(globals_):
@@ -222,7 +241,7 @@ class AutoDEQ(AutoGuide):
         """
         if not args and not kwargs:
             raise ValueError("AutoDEQ.median needs the model's arguments, for example guide.median(y).")
-        z, _, _, _ = self._map(args, kwargs, self.global_values, gradient="envelope")
+        z, _, _, _ = self._summary_map(args, kwargs)
         return self._split(z)
 
     def _split(self, z: torch.Tensor) -> dict:

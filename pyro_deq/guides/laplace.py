@@ -129,7 +129,7 @@ class AutoDEQLaplace(AutoDEQ):
         For :class:`~pyro_deq.DeepExpFamPCA` the event is the concatenation
         ``[z_1, …, z_L]`` of shape ``(k_1 + … + k_L,)``.
         """
-        z, _, _, problem = self._map(args, kwargs, self.global_values, gradient="envelope")
+        z, _, _, problem = self._summary_map(args, kwargs)
         if isinstance(problem, list):
             raise NotImplementedError("get_posterior with draws of global latents is not supported.")
         return dist.MultivariateNormal(z, scale_tril=self._scale_tril(self._precision(problem, z), z.dtype))
@@ -143,7 +143,7 @@ class AutoDEQLaplace(AutoDEQ):
 
         It is exact for Gaussian observations with the identity nonlinearity.
         """
-        z, _, _, problem = self._map(args, kwargs, self.global_values, gradient="envelope")
+        z, _, _, problem = self._summary_map(args, kwargs)
         if isinstance(problem, list):
             raise NotImplementedError("log_marginal with draws of global latents is not supported.")
         if isinstance(problem, ExpFamPCAProblem):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pyro
+import pytest
 import pyro.distributions as dist
 import torch
 from pyro import poutine
@@ -85,3 +86,15 @@ def test_generic_subsample_keeps_row_map():
 
     svi = SVI(user_model, guide, Adam({"lr": 0.05}), Trace_ELBO())
     assert math.isfinite(svi.step(Y, subsample_size=5))
+
+
+def test_generic_median_of_subsampling_plate_warns():
+    guide = pyro_deq.AutoDEQ(user_model, latent="z", plate="data")
+    full = _fast_path_map()
+    pyro.set_rng_seed(4)
+    with pytest.warns(UserWarning, match="subsampled 5 of 12 rows"):
+        z = guide.median(Y, subsample_size=5)["z"]
+
+    rows = guide.diagnostics["rows"]
+    assert z.shape == (5, N_COMPONENTS)
+    assert torch.allclose(z, full[rows], rtol=0, atol=1e-9)
