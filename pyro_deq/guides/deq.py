@@ -189,10 +189,10 @@ class AutoDEQ(AutoGuide):
         """Solve for ``median``, ``get_posterior`` and ``log_marginal``, which report every row.
 
         A generic model whose plate subsamples on its own gives only the rows
-        it chose; the warning says so, and ``diagnostics["rows"]`` holds them.
+        it chose; the warning says so, and ``diagnostics["rows"]`` lists them.
         """
         z, batch, state, problem = self._map(args, kwargs, self.global_values, gradient="envelope")
-        self.diagnostics["rows"] = batch.rows
+        self.diagnostics["rows"] = batch.rows.tolist()
         if not self.adapter.closed_form and batch.rows.numel() < batch.n_total:
             warn_at_caller(
                 f"The model's plate {self.adapter.plate!r} subsampled {batch.rows.numel()} of "

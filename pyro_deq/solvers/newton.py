@@ -24,10 +24,12 @@ MAX_BACKTRACKS = 30
 # good steps and stall rows that are about to converge.
 ROUNDING_ULPS = 100.0
 
-# A row whose full Newton step is below STEP_ULPS * eps * (1 + ||z||) is at its
-# root to working precision: the step cannot change z any further. This ends
-# rows whose residual's rounding noise, which grows with the size of the
-# counts, sits above the tolerance (float64 counts near 1e6, for example).
+# A row whose full Newton step is below STEP_ULPS * eps * (1 + ||z||) and whose
+# residual fell by less than half in its last iteration is at its root to
+# working precision: the residual is rounding noise, which grows with the size
+# of the counts and can sit above the tolerance (float64 counts near 1e6, for
+# example). While the residual still falls fast, Newton goes on even with a
+# tiny step, because the tolerance may ask for a residual below that size.
 STEP_ULPS = 64.0
 
 
@@ -61,8 +63,9 @@ def newton_solve(
     reused by the next iteration, so an iteration whose first trial is accepted
     costs one gradient-and-Hessian evaluation. Rows that meet ``tol`` stop
     moving, and so do rows whose Newton step is below ``STEP_ULPS`` rounding
-    units of ``z``: they count as converged, because no further step can
-    change them, even when rounding keeps their residual above ``tol``. A row with no acceptable step after ``max_backtracks`` halvings is
+    units of ``z`` while their residual has stopped falling: they count as
+    converged, because rounding, not distance to the root, keeps their residual
+    above ``tol``. A row with no acceptable step after ``max_backtracks`` halvings is
     marked ``stalled`` and keeps its last accepted point, which is its best in
     the merit function up to the rounding allowance.
 
@@ -98,7 +101,8 @@ def newton_solve(
         stats["n_fallbacks"] += int((fallback & active).sum())
 
         step_floor = STEP_ULPS * torch.finfo(z0.dtype).eps * (1.0 + tracker.z.norm(dim=-1))
-        at_precision = active & ~fallback & (direction.norm(dim=-1) <= step_floor)
+        stagnant = tracker.residual > 0.5 * tracker.previous_residual
+        at_precision = active & ~fallback & stagnant & (direction.norm(dim=-1) <= step_floor)
         if bool(at_precision.any()):
             tracker.mark(at_precision, CONVERGED)
             stats["n_step_converged"] += int(at_precision.sum())

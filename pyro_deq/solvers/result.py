@@ -236,6 +236,13 @@ class RowTracker:
         self.objective_history = None if self.objective is None else [self.objective]
 
     @property
+    def previous_residual(self) -> torch.Tensor:
+        """Relative residual per row one iteration back, shape ``(N,)``; ``inf`` before the first."""
+        if len(self.residual_history) < 2:
+            return torch.full_like(self.residual, math.inf)
+        return self.residual_history[-2]
+
+    @property
     def active(self) -> torch.Tensor:
         """Rows still iterating, shape ``(N,)``, bool."""
         return self.status == STATUS_INDEX[MAX_ITER]

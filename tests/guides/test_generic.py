@@ -97,4 +97,4 @@ def test_generic_median_of_subsampling_plate_warns():
 
     rows = guide.diagnostics["rows"]
     assert z.shape == (5, N_COMPONENTS)
-    assert torch.allclose(z, full[rows], rtol=0, atol=1e-9)
+    assert torch.allclose(z, full[torch.tensor(rows)], rtol=0, atol=1e-9)
