@@ -189,7 +189,7 @@ class AutoDEQ(AutoGuide):
         """Solve for ``median``, ``get_posterior`` and ``log_marginal``, which report every row.
 
         A generic model whose plate subsamples on its own gives only the rows
-        it chose; the warning says so, and ``diagnostics["rows"]`` lists them.
+        it chose. The warning reports that, and ``diagnostics["rows"]`` lists them.
         """
         z, batch, state, problem = self._map(args, kwargs, self.global_values, gradient="envelope")
         self.diagnostics["rows"] = batch.rows.tolist()

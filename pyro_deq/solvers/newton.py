@@ -62,10 +62,9 @@ def newton_solve(
     Every trial point is evaluated with its Jacobian, and the accepted one is
     reused by the next iteration, so an iteration whose first trial is accepted
     costs one gradient-and-Hessian evaluation. Rows that meet ``tol`` stop
-    moving, and so do rows whose Newton step is below ``STEP_ULPS`` rounding
-    units of ``z`` while their residual has stopped falling: they count as
-    converged, because rounding, not distance to the root, keeps their residual
-    above ``tol``. A row with no acceptable step after ``max_backtracks`` halvings is
+    moving. So do rows whose Newton step is below ``STEP_ULPS`` rounding units
+    of ``z`` while their residual has stopped falling. They count as converged,
+    because rounding, not distance to the root, keeps their residual above ``tol``. A row with no acceptable step after ``max_backtracks`` halvings is
     marked ``stalled`` and keeps its last accepted point, which is its best in
     the merit function up to the rounding allowance.
 
