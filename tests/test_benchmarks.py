@@ -48,9 +48,9 @@ def test_bench_newton_quick(tmp_path, restore_threads):
     assert figures["threads"] == 1
     assert_finite(figures, [
         "n_rows", "n_features", "n_components", "contraction_bound", "tol",
-        "library_iterations", "library_max_residual", "bare_iterations", "bare_max_residual",
-        "max_abs_difference", "library_seconds", "bare_seconds", "floor_seconds", "ratio",
-        "model_iterations", "model_max_residual", "model_seconds", "model_ratio", "floor_ratio",
+        "library_iterations", "library_max_residual", "library_certified_steps", "bare_iterations",
+        "bare_max_residual", "max_abs_difference", "library_seconds", "bare_seconds", "floor_seconds", "ratio",
+        "custom_iterations", "custom_max_residual", "custom_seconds", "custom_ratio", "floor_ratio",
     ])
     assert figures["library_converged_rows"] == figures["n_rows"]
     assert figures["library_seconds"] > 0

@@ -35,6 +35,15 @@ class ExponentialFamily:
         """Compute ``A''(eta)``, the variance of the sufficient statistic ``T(y)``."""
         raise NotImplementedError
 
+    def variance_given_mean(self, eta: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """Compute ``A''(eta)`` when ``mean = A'(eta)`` is already known.
+
+        Newton's method computes the Jacobian at points where it already has
+        the mean. Families whose variance shares a term with the mean override
+        this, so that term is not computed twice.
+        """
+        return self.variance(eta)
+
     def log_partition_derivatives(self, eta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Compute ``(A(eta), A'(eta), A''(eta))`` together.
 

@@ -62,6 +62,10 @@ class Bernoulli(ExponentialFamily):
         """
         return torch.sigmoid(eta) * torch.sigmoid(-eta)
 
+    def variance_given_mean(self, eta: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """Compute ``mean * sigmoid(-eta)``, accurate in both tails like :meth:`variance`."""
+        return mean * torch.sigmoid(-eta)
+
     def log_partition_derivatives(self, eta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Compute softplus, sigmoid and the variance from one ``exp(-|eta|)``."""
         return _logistic_derivatives(eta)

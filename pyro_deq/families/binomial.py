@@ -49,6 +49,10 @@ class Binomial(ExponentialFamily):
         """Compute ``A''(eta) = n sigmoid(eta) sigmoid(-eta)``; broadcast shape."""
         return self._count_like(eta) * torch.sigmoid(eta) * torch.sigmoid(-eta)
 
+    def variance_given_mean(self, eta: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """Compute ``mean * sigmoid(-eta)``, since ``mean = n sigmoid(eta)``."""
+        return mean * torch.sigmoid(-eta)
+
     def log_partition_derivatives(self, eta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Compute ``n`` times the Bernoulli softplus, sigmoid and variance from one exponential."""
         count = self._count_like(eta)

@@ -48,6 +48,10 @@ class Poisson(ExponentialFamily):
         """Compute ``A''(eta) = exp(eta)``, ``+inf`` where it overflows; same shape as ``eta``."""
         return torch.exp(eta)
 
+    def variance_given_mean(self, eta: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """Return ``mean``, which equals ``exp(eta)``."""
+        return mean
+
     def log_partition_derivatives(self, eta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``exp(eta)`` three times, computed once."""
         rate = torch.exp(eta)

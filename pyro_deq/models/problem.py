@@ -125,23 +125,42 @@ class ExpFamPCAProblem(FixedPointProblem):
         u, eta = self.canonical_parameter(z)
         return self._precision(u, self.family.mean(eta), self.family.variance(eta))
 
-    def _precision(self, u: torch.Tensor, mean: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+    def _curvature(self, u: torch.Tensor, mean: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+        """Compute each feature's weight in ``H``, ``m (R'(u)² A''(η) − R''(u) (T(y) − A'(η)))``, shape ``(N, d)``."""
         curvature = variance
         if not self.nonlinearity.is_identity:
             slope = self.nonlinearity.derivative(u)
             curvature = slope * slope * curvature - self.nonlinearity.second_derivative(u) * (
                 self.statistic - mean
             )
-        curvature = self._masked(curvature)
+        return self._masked(curvature)
 
-        # Wᵀ diag(c_n) W for every row n is one matrix product with the
-        # per-feature outer products w_j w_jᵀ, flattened to (d, k²).
-        k = self.weight.shape[-1]
+    def _weight_outer_products(self) -> torch.Tensor:
+        """Return the per-feature outer products ``w_j w_jᵀ`` flattened to ``(d, k²)``, computed once.
+
+        With them, ``Wᵀ diag(c_n) W`` for every row ``n`` is one matrix product.
+        """
         if self._weight_outer is None:
+            k = self.weight.shape[-1]
             self._weight_outer = (self.weight.unsqueeze(-1) * self.weight.unsqueeze(-2)).reshape(-1, k * k)
-        precision = (curvature @ self._weight_outer).reshape(-1, k, k)
+        return self._weight_outer
+
+    def _precision(self, u: torch.Tensor, mean: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+        k = self.weight.shape[-1]
+        precision = (self._curvature(u, mean, variance) @ self._weight_outer_products()).reshape(-1, k, k)
         eye = torch.eye(k, dtype=precision.dtype, device=precision.device)
         return precision + self.prior_precision * eye
+
+    def _jacobian(self, u: torch.Tensor, mean: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+        """Compute the Jacobian of the residual, ``-H / λ``, shape ``(N, k, k)``.
+
+        Scaling the ``d × k²`` outer products instead of the ``N × k × k``
+        result saves two passes over the batch.
+        """
+        k = self.weight.shape[-1]
+        scaled_outer = self._weight_outer_products() / -self.prior_precision
+        jacobian = (self._curvature(u, mean, variance) @ scaled_outer).reshape(-1, k, k)
+        return jacobian - torch.eye(k, dtype=jacobian.dtype, device=jacobian.device)
 
     def _data_term(self, z: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
         """``Σ_j T(y_j) η_j`` per row, shape ``(N,)``.
@@ -160,18 +179,61 @@ class ExpFamPCAProblem(FixedPointProblem):
         slope, constant = self._affine_data_term
         return (slope * z).sum(-1) + constant
 
-    def evaluate(self, z: torch.Tensor, jacobian: bool = False) -> Evaluation:
+    @property
+    def strong_convexity(self) -> float | None:
+        """``1`` for the identity nonlinearity, ``None`` otherwise.
+
+        With ``R`` the identity, ``-ℓ`` is ``λ``-strongly convex: its Hessian is
+        ``λ I`` plus ``Wᵀ diag(m A''(η)) W``, which is positive semi-definite
+        because every log-partition is convex. The residual is ``∇ℓ / λ``, so
+        ``-r`` is ``1``-strongly monotone. A ReLU makes ``ℓ`` non-concave.
+        """
+        return 1.0 if self.nonlinearity.is_identity else None
+
+    def evaluate(self, z: torch.Tensor, jacobian: bool = False, objective: bool = True) -> Evaluation:
+        """Evaluate ``f``, the residual, and optionally the objective and the Jacobian.
+
+        Without the objective the log-partition is not computed, which
+        saves about half of an evaluation. The mean and ``u`` stay in
+        :attr:`~pyro_deq.solvers.Evaluation.intermediates` for :meth:`complete`.
+        """
         u, eta = self.canonical_parameter(z)
-        log_partition, mean, variance = self.family.log_partition_derivatives(eta)
-
+        if objective:
+            log_partition, mean, variance = self.family.log_partition_derivatives(eta)
+        else:
+            mean, variance = self.family.mean(eta), None
         value = self._error_signal(u, mean) @ self.weight / self.prior_precision
-        prior = 0.5 * self.prior_precision * (z * z).sum(-1)
-        objective = prior + self._masked(log_partition).sum(-1) - self._data_term(z, eta)
+        evaluation = Evaluation(value=value, residual=value - z, intermediates={"u": u, "eta": eta, "mean": mean})
 
-        jac = None
+        if objective:
+            evaluation.objective = self._objective(z, eta, log_partition)
         if jacobian:
-            jac = -self._precision(u, mean, variance) / self.prior_precision
-        return Evaluation(value=value, residual=value - z, objective=objective, jacobian=jac)
+            if variance is None:
+                variance = self.family.variance_given_mean(eta, mean)
+            evaluation.jacobian = self._jacobian(u, mean, variance)
+        return evaluation
+
+    def complete(
+        self, z: torch.Tensor, evaluation: Evaluation, objective: bool = True, jacobian: bool = True
+    ) -> Evaluation:
+        """Add the objective and the Jacobian where missing, reusing ``u``, ``η`` and the mean."""
+        if evaluation.intermediates is None:
+            return self.evaluate(z, jacobian=jacobian, objective=objective)
+
+        u, eta, mean = (evaluation.intermediates[name] for name in ("u", "eta", "mean"))
+        completed = Evaluation(
+            value=evaluation.value, residual=evaluation.residual, objective=evaluation.objective,
+            jacobian=evaluation.jacobian, intermediates=evaluation.intermediates,
+        )
+        if objective and completed.objective is None:
+            completed.objective = self._objective(z, eta, self.family.log_partition(eta))
+        if jacobian and completed.jacobian is None:
+            completed.jacobian = self._jacobian(u, mean, self.family.variance_given_mean(eta, mean))
+        return completed
+
+    def _objective(self, z: torch.Tensor, eta: torch.Tensor, log_partition: torch.Tensor) -> torch.Tensor:
+        prior = 0.5 * self.prior_precision * (z * z).sum(-1)
+        return prior + self._masked(log_partition).sum(-1) - self._data_term(z, eta)
 
     def non_finite_rows(self, z: torch.Tensor) -> torch.Tensor:
         """Indices of rows whose canonical parameter or log-partition is not finite."""

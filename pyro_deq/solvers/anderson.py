@@ -91,7 +91,7 @@ def anderson_solve(
         history.push(tracker.z, _finite_or(evaluation.value, tracker.z))
 
     stats = {"n_fallbacks": n_fallbacks, "memory": memory, "damping": damping}
-    return tracker.result(problem.contraction_bound, stats=stats)
+    return tracker.result(problem, stats=stats)
 
 
 class _History:

@@ -8,7 +8,13 @@ from typing import Callable
 import torch
 
 from pyro_deq.solvers.problem import Evaluation, FixedPointProblem
-from pyro_deq.solvers.result import CONVERGED, STALLED, RowTracker, SolverResult, evaluation_is_finite
+from pyro_deq.solvers.result import (
+    CONVERGED,
+    STALLED,
+    RowTracker,
+    SolverResult,
+    evaluation_is_finite,
+)
 
 __all__ = ["newton_solve", "MAX_BACKTRACKS", "ROUNDING_ULPS"]
 
@@ -61,12 +67,24 @@ def newton_solve(
 
     Every trial point is evaluated with its Jacobian, and the accepted one is
     reused by the next iteration, so an iteration whose first trial is accepted
-    costs one gradient-and-Hessian evaluation. Rows that meet ``tol`` stop
-    moving. So do rows whose Newton step is below ``STEP_ULPS`` rounding units
-    of ``z`` while their residual has stopped falling. They count as converged,
-    because rounding, not distance to the root, keeps their residual above ``tol``. A row with no acceptable step after ``max_backtracks`` halvings is
-    marked ``stalled`` and keeps its last accepted point, which is its best in
-    the merit function up to the rounding allowance.
+    costs one gradient-and-Hessian evaluation.
+
+    A problem that declares :attr:`~FixedPointProblem.strong_convexity` (every
+    :class:`~pyro_deq.ExpFamPCA` with the identity nonlinearity) costs less.
+    Its trial points are evaluated without objective or Jacobian, and a step
+    is accepted when strong convexity proves that the objective did not rise
+    (see ``_line_search``) or when it meets ``tol``. Only the rows that
+    neither test decides are checked against the objective. The Jacobian is
+    computed once the accepted point is known not to be the last. Then
+    ``objective_history`` is ``None``, and the objective still never rises.
+
+    Rows that meet ``tol`` stop moving. So do rows whose Newton step is below
+    ``STEP_ULPS`` rounding units of ``z`` while their residual has stopped
+    falling. They count as converged, because rounding, not distance to the
+    root, keeps their residual above ``tol``. A row with no acceptable step
+    after ``max_backtracks`` halvings is marked ``stalled`` and keeps its last
+    accepted point, which is its best in the merit function up to the
+    rounding allowance.
 
     Called through :func:`pyro_deq.solve`, which validates the arguments and
     runs this function under :func:`torch.no_grad`.
@@ -80,8 +98,10 @@ def newton_solve(
     :param callback: optional ``callback(n_iter, z, residual)``, see
         :class:`~pyro_deq.solvers.result.RowTracker`.
     :returns: a :class:`SolverResult`; ``stats`` contains the ints ``n_fallbacks``,
-        ``n_backtracks`` (row halvings), ``n_evaluations`` and
-        ``n_step_converged`` (rows ended by the step-size test).
+        ``n_backtracks`` (row halvings), ``n_evaluations``,
+        ``n_step_converged`` (rows ended by the step-size test),
+        ``n_certified`` (row steps accepted without the objective) and
+        ``n_uncertified`` (row steps that needed it).
     """
     if not problem.has_jacobian:
         raise NotImplementedError(
@@ -89,12 +109,18 @@ def newton_solve(
             "has none; use method='anderson' or implement evaluate(z, jacobian=True)."
         )
 
-    evaluation = problem.evaluate(z0, jacobian=True)
-    _check_evaluation(problem, evaluation)
+    certify = problem.has_objective and problem.strong_convexity is not None
+    evaluation = _evaluate(problem, z0, certify, jacobian=True)
+    _check_evaluation(problem, evaluation, certify)
     tracker = RowTracker("newton", z0, evaluation, tol, callback=callback, keep_best=False)
-    stats = {"n_fallbacks": 0, "n_backtracks": 0, "n_evaluations": 1, "n_step_converged": 0}
+    stats = {"n_fallbacks": 0, "n_backtracks": 0, "n_evaluations": 1, "n_step_converged": 0, "n_certified": 0,
+             "n_uncertified": 0}
 
     while tracker.n_iter < max_iter and tracker.any_active():
+        if evaluation.jacobian is None:
+            # Trial points are evaluated without the Jacobian; it is needed
+            # only once a row is known to continue.
+            evaluation = problem.complete(tracker.z, evaluation, objective=False, jacobian=True)
         active = tracker.active
         direction, fallback = _newton_direction(evaluation, problem.has_objective)
         stats["n_fallbacks"] += int((fallback & active).sum())
@@ -109,19 +135,28 @@ def newton_solve(
             if not bool(active.any()):
                 break
 
-        z, evaluation, accepted = _line_search(problem, tracker.z, evaluation, direction, active, max_backtracks, stats)
+        z, evaluation, accepted = _line_search(
+            problem, tracker.z, evaluation, direction, active, max_backtracks, stats, tol
+        )
         tracker.update(z, evaluation, accepted, finite=accepted)
         tracker.mark(active & ~accepted, STALLED)
 
-    return tracker.result(problem.contraction_bound, stats=stats)
+    return tracker.result(problem, stats=stats)
 
 
-def _check_evaluation(problem: FixedPointProblem, evaluation: Evaluation) -> None:
+def _evaluate(problem: FixedPointProblem, z: torch.Tensor, certify: bool, jacobian: bool) -> Evaluation:
+    """Evaluate at ``z``, leaving out the objective when steps are certified without it."""
+    if certify:
+        return problem.evaluate(z, jacobian=jacobian, objective=False)
+    return problem.evaluate(z, jacobian=jacobian)
+
+
+def _check_evaluation(problem: FixedPointProblem, evaluation: Evaluation, certify: bool) -> None:
     """Raise when ``evaluate`` did not return what the problem's flags promise."""
     name = type(problem).__name__
     if evaluation.jacobian is None:
         raise TypeError(f"{name}.evaluate(z, jacobian=True) returned no Jacobian although has_jacobian is True.")
-    if problem.has_objective and evaluation.objective is None:
+    if problem.has_objective and not certify and evaluation.objective is None:
         raise TypeError(f"{name}.evaluate(z) returned no objective although has_objective is True.")
 
 
@@ -133,6 +168,9 @@ def _newton_direction(evaluation: Evaluation, has_objective: bool) -> tuple[torc
     residual = evaluation.residual
     jacobian = evaluation.jacobian
     newton, info = torch.linalg.solve_ex(jacobian, -residual)
+    # LAPACK returns the batch of solutions column-major; row-wise norms and
+    # sums on that layout cost several times more than a copy.
+    newton = newton.contiguous()
 
     if has_objective:
         fallback_step = residual
@@ -164,16 +202,29 @@ def _line_search(
     active: torch.Tensor,
     max_backtracks: int,
     stats: dict,
+    tol: float,
 ) -> tuple[torch.Tensor, Evaluation, torch.Tensor]:
     """Backtrack per row from the full step until the merit function is acceptable.
 
-    :returns: the new iterate ``(N, k)``, its evaluation (with Jacobian), and
-        the rows that found an acceptable step, shape ``(N,)``, bool. Only the
-        accepted rows of the iterate and the evaluation are meaningful.
+    On a problem with :attr:`~FixedPointProblem.strong_convexity` ``mu``, a
+    step ``s`` to a point with residual ``r'`` cannot raise the objective when
+    ``r' . s >= -mu ||s||^2 / 2``: strong convexity bounds the objective's
+    change by ``-(r' . s + mu ||s||^2 / 2) / c``. A point whose relative
+    residual meets ``tol`` is accepted too, since strong convexity puts it
+    within ``||r'|| / mu`` of the solution. Rows that pass either test are
+    accepted without the objective, which is computed only for the others.
+
+    :returns: the new iterate ``(N, k)``, its evaluation, and the rows that
+        found an acceptable step, shape ``(N,)``, bool. Only the accepted rows
+        of the iterate and the evaluation are meaningful. The evaluation has
+        a Jacobian unless the problem certifies steps.
     """
-    merit = _merit(evaluation, problem.has_objective)
+    certify = problem.has_objective and problem.strong_convexity is not None
     eps = torch.finfo(z.dtype).eps
-    ceiling = merit + ROUNDING_ULPS * eps * (1.0 + merit.abs())
+    merit = ceiling = None
+    if not certify:
+        merit = _merit(evaluation, problem.has_objective)
+        ceiling = merit + ROUNDING_ULPS * eps * (1.0 + merit.abs())
 
     step = active.to(z.dtype)
     all_active = bool(active.all())
@@ -185,12 +236,33 @@ def _line_search(
             stats["n_backtracks"] += int(pending.sum())
 
         if attempt == 0 and all_active:
-            trial_z = z + direction
+            move = direction
         else:
-            trial_z = z + step[:, None] * direction
-        trial = problem.evaluate(trial_z, jacobian=True)
+            move = step[:, None] * direction
+        trial_z = z + move
+        trial = _evaluate(problem, trial_z, certify, jacobian=not certify)
         stats["n_evaluations"] += 1
-        good = pending & evaluation_is_finite(trial) & (_merit(trial, problem.has_objective) <= ceiling)
+
+        if certify:
+            # The relative residual is finite exactly when the value and the
+            # residual are, and the trial has no objective or Jacobian yet.
+            candidates = pending & torch.isfinite(trial.relative_residual())
+            bound = -0.5 * problem.strong_convexity * move.square().sum(-1)
+            certified = (trial.residual * move).sum(-1) >= bound
+            good = candidates & (certified | (trial.relative_residual() <= tol))
+            stats["n_certified"] += int(good.sum())
+            undecided = candidates & ~good
+            if bool(undecided.any()):
+                stats["n_uncertified"] += int(undecided.sum())
+                if ceiling is None:
+                    evaluation = problem.complete(z, evaluation, objective=True, jacobian=False)
+                    merit = evaluation.objective
+                    ceiling = merit + ROUNDING_ULPS * eps * (1.0 + merit.abs())
+                trial = problem.complete(trial_z, trial, objective=True, jacobian=False)
+                good = good | (undecided & (trial.objective <= ceiling))
+        else:
+            candidates = pending & evaluation_is_finite(trial)
+            good = candidates & (_merit(trial, problem.has_objective) <= ceiling)
 
         if attempt == 0:
             new_z, new_evaluation = trial_z, trial
@@ -206,13 +278,18 @@ def _line_search(
 
 
 def _select_rows(rows: torch.Tensor, chosen: Evaluation, other: Evaluation) -> Evaluation:
-    """Merge two evaluations, taking the rows flagged in ``rows`` from ``chosen``."""
-    objective = None
-    if chosen.objective is not None:
+    """Merge two evaluations, taking the rows flagged in ``rows`` from ``chosen``.
+
+    The objective and the Jacobian are kept only when both have them.
+    """
+    objective = jacobian = None
+    if chosen.objective is not None and other.objective is not None:
         objective = torch.where(rows, chosen.objective, other.objective)
+    if chosen.jacobian is not None and other.jacobian is not None:
+        jacobian = torch.where(rows[:, None, None], chosen.jacobian, other.jacobian)
     return Evaluation(
         value=torch.where(rows[:, None], chosen.value, other.value),
         residual=torch.where(rows[:, None], chosen.residual, other.residual),
         objective=objective,
-        jacobian=torch.where(rows[:, None, None], chosen.jacobian, other.jacobian),
+        jacobian=jacobian,
     )

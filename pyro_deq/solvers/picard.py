@@ -68,4 +68,4 @@ def picard_solve(
         evaluation = problem.evaluate(z)
         tracker.update(z, evaluation, active)
 
-    return tracker.result(problem.contraction_bound, stats={"damping": damping})
+    return tracker.result(problem, stats={"damping": damping})

@@ -7,12 +7,25 @@ once, and every method (Newton, Anderson, Picard) works on it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-__all__ = ["Evaluation", "FixedPointProblem", "CallableProblem", "as_problem"]
+__all__ = ["Evaluation", "FixedPointProblem", "CallableProblem", "as_problem", "relative_residual"]
+
+
+def relative_residual(residual: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Compute the per-row relative residual ``||f(z) - z|| / (1 + ||f(z)||)``.
+
+    The ``1 +`` keeps the measure absolute for fixed points near zero, where a
+    purely relative one would ask for digits that do not exist.
+
+    :param residual: ``f(z) - z``, shape ``(N, k)``.
+    :param value: ``f(z)``, shape ``(N, k)``.
+    :returns: shape ``(N,)``.
+    """
+    return residual.norm(dim=-1) / (1.0 + value.norm(dim=-1))
 
 
 @dataclass
@@ -25,12 +38,22 @@ class Evaluation:
         joint for a model), shape ``(N,)``; ``None`` when the problem has none.
     :ivar jacobian: ``d residual / d z`` per row, shape ``(N, k, k)``; ``None``
         when not requested or not available.
+    :ivar intermediates: tensors the problem computed on the way, which its
+        :meth:`FixedPointProblem.complete` may reuse; ``None`` when there are none.
     """
 
     value: torch.Tensor
     residual: torch.Tensor
     objective: torch.Tensor | None = None
     jacobian: torch.Tensor | None = None
+    intermediates: dict | None = field(default=None, repr=False)
+    _relative_residual: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
+
+    def relative_residual(self) -> torch.Tensor:
+        """Return :func:`relative_residual` of this evaluation, shape ``(N,)``, computed once."""
+        if self._relative_residual is None:
+            self._relative_residual = relative_residual(self.residual, self.value)
+        return self._relative_residual
 
 
 class FixedPointProblem:
@@ -44,11 +67,19 @@ class FixedPointProblem:
     :ivar float contraction_bound: an upper bound on the Lipschitz constant of
         ``f`` (plain iteration contracts when it is below 1), or ``None`` when
         unknown or unbounded. Used only in messages.
+    :ivar strong_convexity: a constant ``mu > 0`` with
+        ``(r(z) - r(z')) . (z' - z) >= mu ||z' - z||^2`` for all ``z, z'`` in a
+        row, or ``None`` when no such constant is known. It holds when
+        ``r = -c grad(objective)`` and ``c * objective`` is ``mu``-strongly
+        convex. A problem that sets it must accept ``evaluate(z, jacobian,
+        objective=False)``; Newton's method then accepts most steps without
+        the objective (see :func:`~pyro_deq.solvers.newton.newton_solve`).
     """
 
     has_objective: bool = False
     has_jacobian: bool = False
     contraction_bound: float | None = None
+    strong_convexity: float | None = None
 
     def fixed_point_map(self, z: torch.Tensor) -> torch.Tensor:
         """Compute ``f(z)``; ``z`` and the result have shape ``(N, k)``."""
@@ -62,6 +93,17 @@ class FixedPointProblem:
         """Evaluate ``f``, the residual and, where available, objective and Jacobian."""
         value = self.fixed_point_map(z)
         return Evaluation(value=value, residual=value - z)
+
+    def complete(
+        self, z: torch.Tensor, evaluation: Evaluation, objective: bool = True, jacobian: bool = True
+    ) -> Evaluation:
+        """Return ``evaluation`` (made at ``z``) with the objective and the Jacobian added.
+
+        The default evaluates again, with the Jacobian when requested and
+        available. Problems that store :attr:`Evaluation.intermediates`
+        override this to reuse them and to compute only what is missing.
+        """
+        return self.evaluate(z, jacobian=jacobian and self.has_jacobian)
 
 
 class CallableProblem(FixedPointProblem):

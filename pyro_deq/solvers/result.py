@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from pyro_deq.errors import NumericalError
+from pyro_deq.solvers.problem import relative_residual
 
 __all__ = [
     "SolverResult",
@@ -60,19 +61,6 @@ class SolverError(NumericalError):
     """
 
 
-def relative_residual(residual: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """Compute the per-row relative residual ``||f(z) - z|| / (1 + ||f(z)||)``.
-
-    The ``1 +`` keeps the measure absolute for fixed points near zero, where a
-    purely relative one would ask for digits that do not exist.
-
-    :param residual: ``f(z) - z``, shape ``(N, k)``.
-    :param value: ``f(z)``, shape ``(N, k)``.
-    :returns: shape ``(N,)``.
-    """
-    return residual.norm(dim=-1) / (1.0 + value.norm(dim=-1))
-
-
 def default_tolerance(dtype: torch.dtype) -> float:
     """Return the default relative residual tolerance for ``dtype``.
 
@@ -108,7 +96,8 @@ class SolverResult:
     :ivar str method: the solver used.
     :ivar float tol: the tolerance used.
     :ivar contraction_bound: the problem's bound on the Lipschitz constant of
-        ``f``, or ``None``.
+        ``f``, used to explain failures; ``None`` when every row converged or
+        the problem has no bound.
     :ivar dict stats: method-specific statistics (for Anderson, the number of
         least-squares fallbacks; for Newton, the number of backtracking steps).
     """
@@ -270,7 +259,7 @@ class RowTracker:
             self._set_status(rows & ~finite, NON_FINITE)
         moved = rows & finite
 
-        residual = relative_residual(evaluation.residual, evaluation.value)
+        residual = evaluation.relative_residual()
         objective = evaluation.objective if self.objective is not None else None
         if bool(moved.all()):
             # Every row moved: the common case, and cheaper without masking.
@@ -293,8 +282,14 @@ class RowTracker:
         """Give the active rows flagged in ``rows`` (shape ``(N,)``) a final ``status``."""
         self._set_status(rows, status)
 
-    def result(self, contraction_bound: float | None, stats: dict) -> SolverResult:
-        """Build the :class:`SolverResult`, with ``row_iterations`` added to ``stats``."""
+    def result(self, problem, stats: dict) -> SolverResult:
+        """Build the :class:`SolverResult`, with ``row_iterations`` added to ``stats``.
+
+        The problem's contraction bound, which may cost a singular value
+        decomposition, is looked up only when a row did not converge.
+        """
+        converged = self.status == STATUS_INDEX[CONVERGED]
+        contraction_bound = None if bool(converged.all()) else problem.contraction_bound
         z = self.best_z if self.keep_best else self.z
         residual = self.best_residual if self.keep_best else self.residual
         stats = dict(stats, row_iterations=self.row_iterations)
@@ -303,7 +298,7 @@ class RowTracker:
             objective_history = torch.stack(self.objective_history)
         return SolverResult(
             z=z,
-            converged=self.status == STATUS_INDEX[CONVERGED],
+            converged=converged,
             n_iter=self.n_iter,
             residual=residual,
             residual_history=torch.stack(self.residual_history),

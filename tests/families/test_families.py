@@ -128,6 +128,16 @@ def test_log_partition_derivatives_match_hooks(family, dtype):
         assert torch.all((together - alone)[finite].abs() <= _tolerance(dtype, alone[finite]))
 
 
+def test_variance_given_mean_matches_variance(family, dtype):
+    eta = _eta_grid(dtype)
+    variance = family.variance(eta)
+
+    given_mean = family.variance_given_mean(eta, family.mean(eta))
+    finite = torch.isfinite(variance)
+    assert torch.equal(torch.isfinite(given_mean), finite)
+    assert torch.all((given_mean - variance)[finite].abs() <= _tolerance(dtype, variance[finite]))
+
+
 def test_variance_within_max_variance(family, dtype):
     variance = family.variance(_eta_grid(dtype))
 
