@@ -63,8 +63,12 @@ class Bernoulli(ExponentialFamily):
         return torch.sigmoid(eta) * torch.sigmoid(-eta)
 
     def variance_given_mean(self, eta: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """Compute ``mean * sigmoid(-eta)``, accurate in both tails like :meth:`variance`."""
-        return mean * torch.sigmoid(-eta)
+        """Compute ``mean * sigmoid(-eta)`` as ``mean / (1 + exp(eta))``, accurate in both tails.
+
+        Where ``exp(eta)`` overflows the quotient is zero, which is where
+        ``sigmoid(-eta)`` itself underflows.
+        """
+        return mean / (1.0 + torch.exp(eta))
 
     def log_partition_derivatives(self, eta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Compute softplus, sigmoid and the variance from one ``exp(-|eta|)``."""

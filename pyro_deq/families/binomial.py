@@ -50,8 +50,8 @@ class Binomial(ExponentialFamily):
         return self._count_like(eta) * torch.sigmoid(eta) * torch.sigmoid(-eta)
 
     def variance_given_mean(self, eta: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """Compute ``mean * sigmoid(-eta)``, since ``mean = n sigmoid(eta)``."""
-        return mean * torch.sigmoid(-eta)
+        """Compute ``mean * sigmoid(-eta)`` as ``mean / (1 + exp(eta))``, since ``mean = n sigmoid(eta)``."""
+        return mean / (1.0 + torch.exp(eta))
 
     def log_partition_derivatives(self, eta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Compute ``n`` times the Bernoulli softplus, sigmoid and variance from one exponential."""

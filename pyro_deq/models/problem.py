@@ -46,6 +46,7 @@ class ExpFamPCAProblem(FixedPointProblem):
 
     has_objective = True
     has_jacobian = True
+    has_rows = True
 
     def __init__(self, family, nonlinearity, data: ModelData, weight, bias, prior_precision: float):
         self.family = family
@@ -59,6 +60,7 @@ class ExpFamPCAProblem(FixedPointProblem):
             self.statistic = self.statistic * data.mask
         self._affine_data_term = None
         self._weight_outer = None
+        self._scaled_outer = None
 
     def to(self, dtype: torch.dtype) -> "ExpFamPCAProblem":
         """Return the same problem with data and parameters cast to ``dtype``, still differentiable."""
@@ -70,9 +72,12 @@ class ExpFamPCAProblem(FixedPointProblem):
     def rows(self, index: torch.Tensor) -> "ExpFamPCAProblem":
         """Return the problem restricted to the rows in ``index``, shape ``(B,)``."""
         family = self.family.index_rows(index, self.data.n_rows)
-        return ExpFamPCAProblem(
+        problem = ExpFamPCAProblem(
             family, self.nonlinearity, self.data.rows(index), self.weight, self.bias, self.prior_precision
         )
+        # The products of the loadings do not depend on the rows.
+        problem._weight_outer, problem._scaled_outer = self._weight_outer, self._scaled_outer
+        return problem
 
     @property
     def contraction_bound(self) -> float | None:
@@ -84,7 +89,11 @@ class ExpFamPCAProblem(FixedPointProblem):
 
     def canonical_parameter(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(u, eta)`` with ``u = W z + b`` and ``eta = R(u) + offset``, each ``(N, d)``."""
-        u = z @ self.weight.transpose(-1, -2) + self.bias
+        weight_t = self.weight.transpose(-1, -2)
+        if z.dim() == 2 and weight_t.dim() == 2:
+            u = torch.addmm(self.bias, z, weight_t)
+        else:
+            u = z @ weight_t + self.bias
         eta = self.nonlinearity(u)
         if self.data.offset is not None:
             eta = eta + self.data.offset
@@ -158,8 +167,9 @@ class ExpFamPCAProblem(FixedPointProblem):
         result saves two passes over the batch.
         """
         k = self.weight.shape[-1]
-        scaled_outer = self._weight_outer_products() / -self.prior_precision
-        jacobian = (self._curvature(u, mean, variance) @ scaled_outer).reshape(-1, k, k)
+        if self._scaled_outer is None:
+            self._scaled_outer = self._weight_outer_products() / -self.prior_precision
+        jacobian = (self._curvature(u, mean, variance) @ self._scaled_outer).reshape(-1, k, k)
         return jacobian - torch.eye(k, dtype=jacobian.dtype, device=jacobian.device)
 
     def _data_term(self, z: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
@@ -171,13 +181,17 @@ class ExpFamPCAProblem(FixedPointProblem):
         """
         if not self.nonlinearity.is_identity:
             return (self.statistic * eta).sum(-1)
+        slope, constant = self._affine_data_term_parts()
+        return (slope * z).sum(-1) + constant
+
+    def _affine_data_term_parts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``T W``, shape ``(N, k)``, and ``T · (b + offset)``, shape ``(N,)``, computed once."""
         if self._affine_data_term is None:
             constant = self.statistic @ self.bias
             if self.data.offset is not None:
                 constant = constant + (self.statistic * self.data.offset).sum(-1)
             self._affine_data_term = (self.statistic @ self.weight, constant)
-        slope, constant = self._affine_data_term
-        return (slope * z).sum(-1) + constant
+        return self._affine_data_term
 
     @property
     def strong_convexity(self) -> float | None:
@@ -212,6 +226,34 @@ class ExpFamPCAProblem(FixedPointProblem):
                 variance = self.family.variance_given_mean(eta, mean)
             evaluation.jacobian = self._jacobian(u, mean, variance)
         return evaluation
+
+    def evaluate_shared(self, z: torch.Tensor) -> tuple[Evaluation, torch.Tensor] | None:
+        """Evaluate at ``z`` with the one Jacobian ``(k, k)`` of every row, or return ``None`` when rows differ.
+
+        ``H`` depends on the row only through ``z``, the mask, the offset, the
+        family's per-row parameters and, for a nonlinear ``R``, the data. So
+        rows at the same ``z`` share it when ``R`` is the identity and there
+        is no mask, no per-row offset and no per-row family parameter. Then
+        they also share ``η``: the value is ``(T W − A'(η) W) / λ`` with ``T W``
+        computed once, and no ``N × d`` pass is needed.
+        """
+        if not self.nonlinearity.is_identity or self.data.mask is not None or z.shape[0] == 0:
+            return None
+        offset = self.data.offset
+        if offset is not None and offset.dim() == 2 and offset.shape[0] > 1:
+            return None
+        first_row = torch.zeros(1, dtype=torch.long, device=z.device)
+        if self.family.index_rows(first_row, self.data.n_rows) is not self.family:
+            return None
+        if not bool((z == z[:1]).all()):
+            return None
+
+        u, eta = self.canonical_parameter(z[:1])
+        log_partition, mean, variance = self.family.log_partition_derivatives(eta)
+        slope, _ = self._affine_data_term_parts()
+        value = (slope - mean @ self.weight) / self.prior_precision
+        evaluation = Evaluation(value=value, residual=value - z, objective=self._objective(z, eta, log_partition))
+        return evaluation, self._jacobian(u, mean, variance)[0]
 
     def complete(
         self, z: torch.Tensor, evaluation: Evaluation, objective: bool = True, jacobian: bool = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable
 
@@ -37,6 +38,11 @@ ROUNDING_ULPS = 100.0
 # example). While the residual still falls fast, Newton goes on even with a
 # tiny step, because the tolerance may ask for a residual below that size.
 STEP_ULPS = 64.0
+
+# A problem with `has_rows` is cut down to its active rows once they are at
+# most this fraction of the rows iterated on. Copying the rows costs about one
+# evaluation of them, and each later iteration then saves at least half of one.
+COMPACTION_FRACTION = 0.5
 
 
 def newton_solve(
@@ -110,38 +116,111 @@ def newton_solve(
         )
 
     certify = problem.has_objective and problem.strong_convexity is not None
-    evaluation = _evaluate(problem, z0, certify, jacobian=True)
-    _check_evaluation(problem, evaluation, certify)
-    tracker = RowTracker("newton", z0, evaluation, tol, callback=callback, keep_best=False)
+    shared = problem.evaluate_shared(z0)
+    if shared is None:
+        evaluation, shared_jacobian = _evaluate(problem, z0, certify, jacobian=True), None
+    else:
+        evaluation, shared_jacobian = shared
+    _check_evaluation(problem, evaluation, certify, shared_jacobian)
+    # Certified steps leave the objective out, so no objective history is kept.
+    tracked = dataclasses.replace(evaluation, objective=None) if certify else evaluation
+    tracker = RowTracker("newton", z0, tracked, tol, callback=callback, keep_best=False)
     stats = {"n_fallbacks": 0, "n_backtracks": 0, "n_evaluations": 1, "n_step_converged": 0, "n_certified": 0,
-             "n_uncertified": 0}
+             "n_uncertified": 0, "n_compactions": 0}
 
-    while tracker.n_iter < max_iter and tracker.any_active():
-        if evaluation.jacobian is None:
-            # Trial points are evaluated without the Jacobian; it is needed
-            # only once a row is known to continue.
-            evaluation = problem.complete(tracker.z, evaluation, objective=False, jacobian=True)
-        active = tracker.active
-        direction, fallback = _newton_direction(evaluation, problem.has_objective)
-        stats["n_fallbacks"] += int((fallback & active).sum())
+    # The solver works on `work`, the rows `work_rows` of the problem (all of
+    # them while `work_rows` is None); `evaluation` contains those rows only.
+    work, work_rows = problem, None
+    while tracker.n_iter < max_iter:
+        n_active = tracker.n_active()
+        if n_active == 0:
+            break
+        if problem.has_rows:
+            work, work_rows, evaluation = _drop_finished_rows(
+                problem, tracker, n_active, work, work_rows, evaluation, stats
+            )
+        active = _take(tracker.active, work_rows)
+        z = _take(tracker.z, work_rows)
 
-        step_floor = STEP_ULPS * torch.finfo(z0.dtype).eps * (1.0 + tracker.z.norm(dim=-1))
-        stagnant = tracker.residual > 0.5 * tracker.previous_residual
-        at_precision = active & ~fallback & stagnant & (direction.norm(dim=-1) <= step_floor)
-        if bool(at_precision.any()):
-            tracker.mark(at_precision, CONVERGED)
-            stats["n_step_converged"] += int(at_precision.sum())
-            active = tracker.active
-            if not bool(active.any()):
-                break
+        if shared_jacobian is not None:
+            jacobian, shared_jacobian = shared_jacobian, None
+        else:
+            if evaluation.jacobian is None:
+                # Trial points are evaluated without the Jacobian; it is needed
+                # only once a row is known to continue.
+                evaluation = work.complete(z, evaluation, objective=False, jacobian=True)
+            jacobian = evaluation.jacobian
+        direction, fallback = _newton_direction(jacobian, evaluation.residual, problem.has_objective, certify)
+        if fallback is not None:
+            stats["n_fallbacks"] += int((fallback & active).sum())
+
+        # The step-size test needs norms, so it runs only when some row's
+        # residual has stopped halving, which quadratic convergence rarely leaves.
+        residual = _take(tracker.residual, work_rows)
+        stagnant = active & (residual > 0.5 * _take(tracker.previous_residual, work_rows))
+        if fallback is not None:
+            stagnant = stagnant & ~fallback
+        if bool(stagnant.any()):
+            step_floor = STEP_ULPS * torch.finfo(z0.dtype).eps * (1.0 + torch.linalg.vector_norm(z, dim=-1))
+            at_precision = stagnant & (torch.linalg.vector_norm(direction, dim=-1) <= step_floor)
+            if bool(at_precision.any()):
+                tracker.mark(_spread(at_precision, work_rows, tracker.active), CONVERGED)
+                stats["n_step_converged"] += int(at_precision.sum())
+                active = active & ~at_precision
+                if not bool(active.any()):
+                    break
 
         z, evaluation, accepted = _line_search(
-            problem, tracker.z, evaluation, direction, active, max_backtracks, stats, tol
+            work, z, evaluation, direction, active, max_backtracks, stats, tol,
+            problem.strong_convexity if certify else None,
         )
-        tracker.update(z, evaluation, accepted, finite=accepted)
-        tracker.mark(active & ~accepted, STALLED)
+        tracker.update(z, evaluation, accepted, finite=accepted, index=work_rows)
+        if accepted is not active:
+            stalled = active & ~accepted
+            if bool(stalled.any()):
+                tracker.mark(_spread(stalled, work_rows, tracker.active), STALLED)
 
     return tracker.result(problem, stats=stats)
+
+
+def _take(values: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """Return ``values[rows]``, or ``values`` itself when ``rows`` is ``None`` (all rows)."""
+    return values if rows is None else values[rows]
+
+
+def _spread(flags: torch.Tensor, rows: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """Return batch-wide flags, shape of ``like``, that are ``flags`` on ``rows`` and ``False`` elsewhere."""
+    if rows is None:
+        return flags
+    return torch.zeros_like(like).index_put((rows,), flags)
+
+
+def _drop_finished_rows(
+    problem: FixedPointProblem,
+    tracker: RowTracker,
+    n_active: int,
+    work: FixedPointProblem,
+    work_rows: torch.Tensor | None,
+    evaluation: Evaluation,
+    stats: dict,
+) -> tuple[FixedPointProblem, torch.Tensor | None, Evaluation]:
+    """Restrict the work to the active rows once they are at most ``COMPACTION_FRACTION`` of it.
+
+    Every evaluation costs the same per row whether the row is active or
+    not, so once most rows are done, iterating on a copy of the problem with
+    the active rows only is cheaper than masking.
+
+    :returns: the problem to iterate on, its rows in the batch (``None`` for
+        all), and ``evaluation`` restricted to them.
+    """
+    n_work = tracker.active.shape[0] if work_rows is None else work_rows.shape[0]
+    if n_active > COMPACTION_FRACTION * n_work:
+        return work, work_rows, evaluation
+
+    rows = tracker.active.nonzero().flatten()
+    positions = rows if work_rows is None else torch.searchsorted(work_rows, rows)
+    stats["n_compactions"] += 1
+    return problem.rows(rows), rows, evaluation.rows(positions)
 
 
 def _evaluate(problem: FixedPointProblem, z: torch.Tensor, certify: bool, jacobian: bool) -> Evaluation:
@@ -151,39 +230,62 @@ def _evaluate(problem: FixedPointProblem, z: torch.Tensor, certify: bool, jacobi
     return problem.evaluate(z, jacobian=jacobian)
 
 
-def _check_evaluation(problem: FixedPointProblem, evaluation: Evaluation, certify: bool) -> None:
+def _check_evaluation(
+    problem: FixedPointProblem, evaluation: Evaluation, certify: bool, shared_jacobian: torch.Tensor | None
+) -> None:
     """Raise when ``evaluate`` did not return what the problem's flags promise."""
     name = type(problem).__name__
-    if evaluation.jacobian is None:
+    if shared_jacobian is None and evaluation.jacobian is None:
         raise TypeError(f"{name}.evaluate(z, jacobian=True) returned no Jacobian although has_jacobian is True.")
     if problem.has_objective and not certify and evaluation.objective is None:
         raise TypeError(f"{name}.evaluate(z) returned no objective although has_objective is True.")
 
 
-def _newton_direction(evaluation: Evaluation, has_objective: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _newton_direction(
+    jacobian: torch.Tensor, residual: torch.Tensor, has_objective: bool, convex: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Compute the Newton direction per row, with the fallback step where it fails.
 
-    :returns: the direction, shape ``(N, k)``, and the fallback flags, shape ``(N,)``.
+    :param jacobian: per-row Jacobians ``(N, k, k)``, or one ``(k, k)`` Jacobian
+        shared by every row, which needs one factorization instead of ``N``.
+    :param residual: shape ``(N, k)``.
+    :param convex: whether the problem declares strong convexity. Its
+        ``-J`` is then positive definite, so a finite solution of a
+        successful solve is a descent direction and only those two are checked.
+    :returns: the direction, shape ``(N, k)``, and the fallback flags, shape
+        ``(N,)``, or ``None`` when no row falls back.
     """
-    residual = evaluation.residual
-    jacobian = evaluation.jacobian
-    newton, info = torch.linalg.solve_ex(jacobian, -residual)
+    if jacobian.dim() == 2:
+        newton, info = torch.linalg.solve_ex(jacobian, -residual.T)
+        newton = newton.T
+        fallback_step = residual if has_objective else -(residual @ jacobian)
+    else:
+        # A strongly convex problem's Jacobian is a symmetric Hessian, and its
+        # transpose is already in the column-major layout LAPACK works in, so
+        # solving with it skips a copy of the batch.
+        newton, info = torch.linalg.solve_ex(jacobian.mT if convex else jacobian, -residual)
+        if has_objective:
+            fallback_step = residual
+        else:
+            fallback_step = -(jacobian.transpose(-1, -2) @ residual.unsqueeze(-1)).squeeze(-1)
     # LAPACK returns the batch of solutions column-major; row-wise norms and
     # sums on that layout cost several times more than a copy.
     newton = newton.contiguous()
 
-    if has_objective:
-        fallback_step = residual
+    if convex:
+        # A failed factorization leaves infinite or NaN entries, so one
+        # finiteness check over the batch covers both.
+        if bool(torch.isfinite(newton.sum())):
+            return newton, None
+        usable = (info == 0) & torch.isfinite(newton.sum(-1))
     else:
-        fallback_step = -(jacobian.transpose(-1, -2) @ residual.unsqueeze(-1)).squeeze(-1)
-
-    # The merit's directional derivative along the Newton direction is
-    # -descent times a positive factor. A NaN or infinite entry of the
-    # direction makes it NaN or infinite, so this test also rejects those.
-    descent = (fallback_step * newton).sum(-1)
-    usable = (info == 0) & (descent > 0) & (descent < math.inf)
+        # The merit's directional derivative along the Newton direction is
+        # -descent times a positive factor. A NaN or infinite entry of the
+        # direction makes it NaN or infinite, so this test also rejects those.
+        descent = (fallback_step * newton).sum(-1)
+        usable = (info == 0) & (descent > 0) & (descent < math.inf)
     if bool(usable.all()):
-        return newton, ~usable
+        return newton, None
     return torch.where(usable[:, None], newton, fallback_step), ~usable
 
 
@@ -203,10 +305,12 @@ def _line_search(
     max_backtracks: int,
     stats: dict,
     tol: float,
+    strong_convexity: float | None,
 ) -> tuple[torch.Tensor, Evaluation, torch.Tensor]:
     """Backtrack per row from the full step until the merit function is acceptable.
 
-    On a problem with :attr:`~FixedPointProblem.strong_convexity` ``mu``, a
+    When ``strong_convexity`` is a number ``mu``
+    (:attr:`~FixedPointProblem.strong_convexity` of the problem solved), a
     step ``s`` to a point with residual ``r'`` cannot raise the objective when
     ``r' . s >= -mu ||s||^2 / 2``: strong convexity bounds the objective's
     change by ``-(r' . s + mu ||s||^2 / 2) / c``. A point whose relative
@@ -215,27 +319,31 @@ def _line_search(
     accepted without the objective, which is computed only for the others.
 
     :returns: the new iterate ``(N, k)``, its evaluation, and the rows that
-        found an acceptable step, shape ``(N,)``, bool. Only the accepted rows
-        of the iterate and the evaluation are meaningful. The evaluation has
-        a Jacobian unless the problem certifies steps.
+        found an acceptable step, shape ``(N,)``, bool; that is ``active``
+        itself when every active row took its full step. Only the accepted
+        rows of the iterate and the evaluation are meaningful. The evaluation
+        has a Jacobian unless ``strong_convexity`` is given.
     """
-    certify = problem.has_objective and problem.strong_convexity is not None
+    certify = strong_convexity is not None
     eps = torch.finfo(z.dtype).eps
     merit = ceiling = None
     if not certify:
         merit = _merit(evaluation, problem.has_objective)
         ceiling = merit + ROUNDING_ULPS * eps * (1.0 + merit.abs())
 
-    step = active.to(z.dtype)
     all_active = bool(active.all())
     pending = active
-    accepted = torch.zeros_like(active)
+    step = None
     for attempt in range(max_backtracks + 1):
+        if step is None and (attempt > 0 or not all_active):
+            step = active.to(z.dtype)
         if attempt > 0:
             step = torch.where(pending, 0.5 * step, torch.zeros_like(step))
             stats["n_backtracks"] += int(pending.sum())
 
-        if attempt == 0 and all_active:
+        # On the first attempt with every row active, no row needs masking.
+        everyone = attempt == 0 and all_active
+        if everyone:
             move = direction
         else:
             move = step[:, None] * direction
@@ -246,13 +354,17 @@ def _line_search(
         if certify:
             # The relative residual is finite exactly when the value and the
             # residual are, and the trial has no objective or Jacobian yet.
-            candidates = pending & torch.isfinite(trial.relative_residual())
-            bound = -0.5 * problem.strong_convexity * move.square().sum(-1)
-            certified = (trial.residual * move).sum(-1) >= bound
-            good = candidates & (certified | (trial.relative_residual() <= tol))
-            stats["n_certified"] += int(good.sum())
-            undecided = candidates & ~good
-            if bool(undecided.any()):
+            relative = trial.relative_residual()
+            finite = torch.isfinite(relative)
+            margin = torch.linalg.vecdot(torch.add(trial.residual, move, alpha=0.5 * strong_convexity), move)
+            good = finite & ((margin >= 0) | (relative <= tol))
+            if not everyone:
+                good = good & pending
+            n_good = int(good.sum())
+            stats["n_certified"] += n_good
+            n_pending = pending.shape[0] if everyone else int(pending.sum())
+            undecided = pending & finite & ~good if n_good < n_pending else None
+            if undecided is not None and bool(undecided.any()):
                 stats["n_uncertified"] += int(undecided.sum())
                 if ceiling is None:
                     evaluation = problem.complete(z, evaluation, objective=True, jacobian=False)
@@ -260,16 +372,22 @@ def _line_search(
                     ceiling = merit + ROUNDING_ULPS * eps * (1.0 + merit.abs())
                 trial = problem.complete(trial_z, trial, objective=True, jacobian=False)
                 good = good | (undecided & (trial.objective <= ceiling))
+                n_good = int(good.sum())
         else:
             candidates = pending & evaluation_is_finite(trial)
             good = candidates & (_merit(trial, problem.has_objective) <= ceiling)
+            n_good = None
 
         if attempt == 0:
             new_z, new_evaluation = trial_z, trial
+            if everyone and n_good == good.shape[0]:
+                # Every full step was accepted: the common case, with nothing to merge.
+                return new_z, new_evaluation, active
+            accepted = good
         else:
             new_z = torch.where(good[:, None], trial_z, new_z)
             new_evaluation = _select_rows(good, trial, new_evaluation)
-        accepted = accepted | good
+            accepted = accepted | good
         pending = pending & ~good
         if not pending.any():
             break

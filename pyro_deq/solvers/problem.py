@@ -25,7 +25,7 @@ def relative_residual(residual: torch.Tensor, value: torch.Tensor) -> torch.Tens
     :param value: ``f(z)``, shape ``(N, k)``.
     :returns: shape ``(N,)``.
     """
-    return residual.norm(dim=-1) / (1.0 + value.norm(dim=-1))
+    return torch.linalg.vector_norm(residual, dim=-1) / (1.0 + torch.linalg.vector_norm(value, dim=-1))
 
 
 @dataclass
@@ -38,8 +38,9 @@ class Evaluation:
         joint for a model), shape ``(N,)``; ``None`` when the problem has none.
     :ivar jacobian: ``d residual / d z`` per row, shape ``(N, k, k)``; ``None``
         when not requested or not available.
-    :ivar intermediates: tensors the problem computed on the way, which its
-        :meth:`FixedPointProblem.complete` may reuse; ``None`` when there are none.
+    :ivar intermediates: tensors the problem computed on the way, each with
+        the rows first, which its :meth:`FixedPointProblem.complete` may reuse;
+        ``None`` when there are none.
     """
 
     value: torch.Tensor
@@ -55,6 +56,29 @@ class Evaluation:
             self._relative_residual = relative_residual(self.residual, self.value)
         return self._relative_residual
 
+    def rows(self, index: torch.Tensor) -> "Evaluation":
+        """Return the evaluation of the rows in ``index``, shape ``(B,)``."""
+        intermediates = None
+        if self.intermediates is not None:
+            # Intermediates may be the same tensor under two names (the
+            # canonical parameter is u itself for the identity); select it once.
+            selected_by_id = {}
+            intermediates = {}
+            for name, tensor in self.intermediates.items():
+                if id(tensor) not in selected_by_id:
+                    selected_by_id[id(tensor)] = tensor[index]
+                intermediates[name] = selected_by_id[id(tensor)]
+        selected = Evaluation(
+            value=self.value[index],
+            residual=self.residual[index],
+            objective=None if self.objective is None else self.objective[index],
+            jacobian=None if self.jacobian is None else self.jacobian[index],
+            intermediates=intermediates,
+        )
+        if self._relative_residual is not None:
+            selected._relative_residual = self._relative_residual[index]
+        return selected
+
 
 class FixedPointProblem:
     """A batch of independent fixed-point problems ``z_n = f(z_n)``, one per row.
@@ -67,6 +91,9 @@ class FixedPointProblem:
     :ivar float contraction_bound: an upper bound on the Lipschitz constant of
         ``f`` (plain iteration contracts when it is below 1), or ``None`` when
         unknown or unbounded. Used only in messages.
+    :ivar bool has_rows: whether :meth:`rows` can restrict the problem to a
+        subset of its rows; Newton's method then iterates on the unconverged
+        rows only, once they are few.
     :ivar strong_convexity: a constant ``mu > 0`` with
         ``(r(z) - r(z')) . (z' - z) >= mu ||z' - z||^2`` for all ``z, z'`` in a
         row, or ``None`` when no such constant is known. It holds when
@@ -78,6 +105,7 @@ class FixedPointProblem:
 
     has_objective: bool = False
     has_jacobian: bool = False
+    has_rows: bool = False
     contraction_bound: float | None = None
     strong_convexity: float | None = None
 
@@ -93,6 +121,25 @@ class FixedPointProblem:
         """Evaluate ``f``, the residual and, where available, objective and Jacobian."""
         value = self.fixed_point_map(z)
         return Evaluation(value=value, residual=value - z)
+
+    def rows(self, index: torch.Tensor) -> "FixedPointProblem":
+        """Return the problem restricted to the rows in ``index``, shape ``(B,)``.
+
+        Problems that implement this set :attr:`has_rows`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot be restricted to rows; has_rows is False.")
+
+    def evaluate_shared(self, z: torch.Tensor) -> tuple[Evaluation, torch.Tensor] | None:
+        """Evaluate at ``z`` and return the Jacobian ``(k, k)`` that every row has there, or ``None``.
+
+        Newton's method calls this at its starting point, where rows often
+        start equal (at zero), before it falls back to :meth:`evaluate`. With
+        a shared Jacobian its first step needs one ``k × k`` factorization
+        instead of ``N``. The evaluation needs no Jacobian of its own and must
+        have the objective when :attr:`has_objective` is set. The default,
+        ``None``, means the rows' Jacobians differ or are not known to agree.
+        """
+        return None
 
     def complete(
         self, z: torch.Tensor, evaluation: Evaluation, objective: bool = True, jacobian: bool = True

@@ -205,19 +205,22 @@ class RowTracker:
         n_rows = z.shape[0]
         finite = evaluation_is_finite(evaluation, z)
         self.status = torch.full((n_rows,), STATUS_INDEX[MAX_ITER], dtype=torch.long, device=z.device)
-        self.rising_streak = torch.zeros(n_rows, dtype=torch.long, device=z.device)
-        self.stagnant_streak = torch.zeros(n_rows, dtype=torch.long, device=z.device)
+        self._active = torch.ones(n_rows, dtype=torch.bool, device=z.device)
         self.row_iterations = torch.zeros(n_rows, dtype=torch.long, device=z.device)
 
         self.z = z.clone()
-        self.residual = _finite_or_inf(relative_residual(evaluation.residual, evaluation.value), finite)
+        self.residual = _finite_or_inf(evaluation.relative_residual(), finite)
         self.objective = None
         if evaluation.objective is not None:
             self.objective = _finite_or_inf(evaluation.objective, finite)
-        self.best_z = self.z.clone()
-        self.best_residual = self.residual.clone()
-        self.min_residual_norm = _finite_or_inf(evaluation.residual.norm(dim=-1), finite)
-        self.reference_norm = self.min_residual_norm.clone()
+        if keep_best:
+            self.best_z = self.z.clone()
+            self.best_residual = self.residual.clone()
+        if divergence_factor < math.inf:
+            self.rising_streak = torch.zeros(n_rows, dtype=torch.long, device=z.device)
+            self.stagnant_streak = torch.zeros(n_rows, dtype=torch.long, device=z.device)
+            self.min_residual_norm = _finite_or_inf(torch.linalg.vector_norm(evaluation.residual, dim=-1), finite)
+            self.reference_norm = self.min_residual_norm.clone()
 
         self._set_status(~finite, NON_FINITE)
         self._set_status(self.residual <= tol, CONVERGED)
@@ -234,13 +237,24 @@ class RowTracker:
     @property
     def active(self) -> torch.Tensor:
         """Rows still iterating, shape ``(N,)``, bool."""
-        return self.status == STATUS_INDEX[MAX_ITER]
+        return self._active
 
     def any_active(self) -> bool:
         """Return whether any row is still iterating."""
-        return bool(self.active.any())
+        return bool(self._active.any())
 
-    def update(self, z: torch.Tensor, evaluation, rows: torch.Tensor, finite: torch.Tensor | None = None) -> None:
+    def n_active(self) -> int:
+        """Return the number of rows still iterating."""
+        return int(self._active.sum())
+
+    def update(
+        self,
+        z: torch.Tensor,
+        evaluation,
+        rows: torch.Tensor,
+        finite: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
+    ) -> None:
         """Record one iteration in which the rows flagged in ``rows`` moved to ``z``.
 
         :param torch.Tensor z: new iterate, shape ``(N, k)``; rows outside
@@ -249,18 +263,39 @@ class RowTracker:
         :param torch.Tensor rows: rows that took a step, shape ``(N,)``, bool.
         :param torch.Tensor finite: rows the caller already found finite,
             shape ``(N,)``, bool; ``None`` checks here.
+        :param torch.Tensor index: when given, ``z``, ``evaluation``, ``rows``
+            and ``finite`` hold only these rows of the batch, shape ``(B,)``,
+            and every other row keeps its state.
         """
         self.n_iter += 1
-        rows = rows & self.active
-        self.row_iterations += rows
-
-        if finite is None:
+        # Newton passes its accepted rows as both, which are finite by construction.
+        moved_are_finite = finite is rows
+        check_finite = finite is None
+        if check_finite:
             finite = evaluation_is_finite(evaluation, z)
-            self._set_status(rows & ~finite, NON_FINITE)
-        moved = rows & finite
-
         residual = evaluation.relative_residual()
         objective = evaluation.objective if self.objective is not None else None
+        residual_norm = None
+        if self.divergence_factor < math.inf:
+            residual_norm = torch.linalg.vector_norm(evaluation.residual, dim=-1)
+        if index is not None:
+            z = self.z.index_put((index,), z)
+            rows = torch.zeros_like(self._active).index_put((index,), rows)
+            if not moved_are_finite:
+                finite = torch.zeros_like(self._active).index_put((index,), finite)
+            residual = self.residual.index_put((index,), residual)
+            if objective is not None:
+                objective = self.objective.index_put((index,), objective)
+            if residual_norm is not None:
+                residual_norm = self.min_residual_norm.index_put((index,), residual_norm)
+
+        if rows is not self._active:
+            rows = rows & self._active
+        self.row_iterations += rows
+        if check_finite:
+            self._set_status(rows & ~finite, NON_FINITE)
+        moved = rows if moved_are_finite else rows & finite
+
         if bool(moved.all()):
             # Every row moved: the common case, and cheaper without masking.
             self.z, self.residual = z, residual
@@ -273,9 +308,9 @@ class RowTracker:
 
         if self.keep_best:
             self._track_best(moved)
-        self._set_status(moved & (self.residual <= self.tol), CONVERGED)
-        if self.divergence_factor < math.inf:
-            self._check_divergence(moved, evaluation.residual.norm(dim=-1))
+        self._set_status(moved & (self.residual <= self.tol), CONVERGED, active_only=True)
+        if residual_norm is not None:
+            self._check_divergence(moved, residual_norm)
         self._record()
 
     def mark(self, rows: torch.Tensor, status: str) -> None:
@@ -310,9 +345,12 @@ class RowTracker:
             stats=stats,
         )
 
-    def _set_status(self, rows: torch.Tensor, status: str) -> None:
-        rows = rows & self.active
-        self.status = torch.where(rows, STATUS_INDEX[status], self.status)
+    def _set_status(self, rows: torch.Tensor, status: str, active_only: bool = False) -> None:
+        """Give ``status`` to the active rows among ``rows``; set ``active_only`` when all of them are active."""
+        if not active_only:
+            rows = rows & self._active
+        self.status = self.status.masked_fill(rows, STATUS_INDEX[status])
+        self._active = self._active.masked_fill(rows, False)
 
     def _track_best(self, moved: torch.Tensor) -> None:
         improved = moved & (self.residual < self.best_residual)

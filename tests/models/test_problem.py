@@ -51,7 +51,8 @@ def test_complete_equals_full_evaluation(family_id, nonlinearity):
 
     full = problem.evaluate(z, jacobian=True)
     partial = problem.evaluate(z, objective=False)
-    assert partial.objective is None and partial.jacobian is None
+    assert partial.objective is None
+    assert partial.jacobian is None
     torch.testing.assert_close(partial.value, full.value, rtol=0, atol=0)
 
     for objective, jacobian in ((True, False), (False, True), (True, True)):
@@ -72,7 +73,8 @@ def test_certified_newton_matches_objective_line_search(family_id):
     certified = pyro_deq.solve(problem, z0, tol=1e-12)
     checked = pyro_deq.solve(_uncertified(problem), z0, tol=1e-12)
 
-    assert certified.converged.all() and checked.converged.all()
+    assert certified.converged.all()
+    assert checked.converged.all()
     assert certified.stats["n_certified"] > 0
     assert checked.stats["n_certified"] == 0
     assert certified.objective_history is None
@@ -100,3 +102,122 @@ def test_certified_steps_never_raise_objective(family_id, weight_scale, dtype):
         # Overshooting exponentials leave steps the certificate cannot decide.
         assert result.stats["n_uncertified"] > 0
         assert result.stats["n_backtracks"] > 0
+
+
+@pytest.mark.parametrize("family_id", FAMILY_IDS)
+def test_evaluate_shared_equals_row_evaluation(family_id):
+    problem = _problem(family_id, n_rows=6, seed=4)
+    for start in (torch.zeros(6, 2, dtype=torch.float64), torch.tensor([[0.3, -1.2]], dtype=torch.float64).expand(6, 2)):
+        evaluation, shared = problem.evaluate_shared(start)
+        rows = problem.evaluate(start, jacobian=True)
+        assert shared.shape == (2, 2)
+        torch.testing.assert_close(shared.expand(6, 2, 2), rows.jacobian, rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(evaluation.value, rows.value, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(evaluation.residual, rows.residual, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(evaluation.objective, rows.objective, rtol=1e-12, atol=1e-12)
+
+
+def test_evaluate_shared_none_when_rows_differ():
+    zeros = torch.zeros(6, 2, dtype=torch.float64)
+    model, y = make_problem_data("binomial5", n_rows=6, seed=4)
+    mask = torch.ones_like(y, dtype=torch.bool)
+    mask[0, 0] = False
+    with torch.no_grad():
+        cases = {
+            "relu": _problem("bernoulli", "relu", n_rows=6, seed=4),
+            "mask": model.problem(y, mask=mask),
+            "row offset": model.problem(y, offset=torch.linspace(0, 1, 6, dtype=torch.float64)[:, None]),
+            "entry counts": pyro_deq.ExpFamPCA(
+                6, 2, family=pyro_deq.families.get("binomial", total_count=torch.full((6, 6), 5.0)),
+                weight=model.weight.detach(), bias=model.bias.detach(),
+            ).problem(y),
+        }
+    for name, problem in cases.items():
+        assert problem.evaluate_shared(zeros) is None, name
+    unequal = zeros.clone()
+    unequal[3, 1] = 0.5
+    assert model.problem(y).evaluate_shared(unequal) is None
+
+
+def test_evaluate_shared_kept_for_feature_offset():
+    model, y = make_problem_data("poisson", n_rows=6, seed=4)
+    with torch.no_grad():
+        problem = model.problem(y, offset=torch.linspace(0, 1, 6, dtype=torch.float64)[None, :])
+    zeros = torch.zeros(6, 2, dtype=torch.float64)
+    evaluation, shared = problem.evaluate_shared(zeros)
+    rows = problem.evaluate(zeros, jacobian=True)
+    torch.testing.assert_close(shared.expand(6, 2, 2), rows.jacobian, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(evaluation.objective, rows.objective, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("family_id", FAMILY_IDS)
+def test_newton_with_shared_start_matches_row_start(family_id):
+    problem = _problem(family_id, n_rows=40, n_features=20, n_components=3, weight_scale=2.0, seed=1)
+    without = type("RowJacobians", (type(problem),), {"evaluate_shared": lambda self, z: None})
+    unshared = without.__new__(without)
+    unshared.__dict__.update(problem.__dict__)
+    z0 = torch.zeros(40, 3, dtype=torch.float64)
+
+    shared_result = pyro_deq.solve(problem, z0, tol=1e-12)
+    row_result = pyro_deq.solve(unshared, z0, tol=1e-12)
+
+    assert shared_result.converged.all()
+    assert shared_result.n_iter == row_result.n_iter
+    torch.testing.assert_close(shared_result.z, row_result.z, rtol=1e-10, atol=1e-10)
+
+
+def _without_rows(problem):
+    """The same problem with ``has_rows`` off, so Newton iterates on every row to the end."""
+    cls = type("AllRows", (type(problem),), {"has_rows": False})
+    clone = cls.__new__(cls)
+    clone.__dict__.update(problem.__dict__)
+    return clone
+
+
+def _masked_offset_binomial_problem():
+    model, y = make_problem_data("binomial5", n_rows=40, n_features=20, n_components=3, weight_scale=2.0, seed=7)
+    generator = torch.Generator().manual_seed(8)
+    mask = torch.rand(40, 20, generator=generator) > 0.2
+    offset = 0.3 * torch.randn(40, 1, generator=generator, dtype=torch.float64)
+    counts = torch.full((40, 20), 5.0, dtype=torch.float64)
+    family = pyro_deq.families.get("binomial", total_count=counts)
+    entry_model = pyro_deq.ExpFamPCA(20, 3, family=family, weight=model.weight.detach(), bias=model.bias.detach())
+    with torch.no_grad():
+        return entry_model.problem(y, mask=mask, offset=offset)
+
+
+@pytest.mark.parametrize("case", ["bernoulli", "poisson", "masked binomial"])
+def test_newton_on_active_rows_matches_all_rows(case):
+    if case == "masked binomial":
+        problem = _masked_offset_binomial_problem()
+    else:
+        problem = _problem(case, n_rows=40, n_features=20, n_components=3, weight_scale=2.0, seed=2)
+    z0 = torch.zeros(40, 3, dtype=torch.float64)
+    seen = []
+
+    compacted = pyro_deq.solve(problem, z0, tol=1e-12, callback=lambda n_iter, z, residual: seen.append(z.shape))
+    full = pyro_deq.solve(_without_rows(problem), z0, tol=1e-12)
+
+    assert compacted.stats["n_compactions"] > 0
+    assert full.stats["n_compactions"] == 0
+    assert compacted.converged.all()
+    assert compacted.n_iter == full.n_iter
+    assert torch.equal(compacted.stats["row_iterations"], full.stats["row_iterations"])
+    assert set(seen) == {(40, 3)}
+    torch.testing.assert_close(compacted.z, full.z, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(compacted.residual_history, full.residual_history, rtol=1e-9, atol=1e-12)
+
+
+def test_newton_from_mostly_converged_start():
+    problem = _problem("bernoulli", n_rows=40, n_features=20, n_components=3, weight_scale=2.0, seed=1)
+    solved = pyro_deq.solve(problem, torch.zeros(40, 3, dtype=torch.float64), tol=1e-13).z
+    z0 = solved.clone()
+    z0[[3, 17]] = 0.0
+
+    result = pyro_deq.solve(problem, z0, tol=1e-12)
+
+    assert result.converged.all()
+    assert result.stats["n_compactions"] == 1
+    assert (result.stats["row_iterations"][[3, 17]] > 0).all()
+    assert result.stats["row_iterations"].sum() == result.stats["row_iterations"][[3, 17]].sum()
+    torch.testing.assert_close(result.z, solved, rtol=1e-10, atol=1e-10)
