@@ -39,6 +39,11 @@ ROUNDING_ULPS = 100.0
 # tiny step, because the tolerance may ask for a residual below that size.
 STEP_ULPS = 64.0
 
+# Strongly convex problems with at least this many latents per row solve their
+# Newton systems by Cholesky instead of LU. Batched 5 x 5 systems are faster
+# with LU and 10 x 10 ones with Cholesky (torch 2.13 on a 2-core x86_64 CPU).
+CHOLESKY_MIN_SIZE = 8
+
 # A problem with `has_rows` is cut down to its active rows once they are at
 # most this fraction of the rows iterated on. Copying the rows costs about one
 # evaluation of them, and each later iteration then saves at least half of one.
@@ -260,10 +265,7 @@ def _newton_direction(
         newton = newton.T
         fallback_step = residual if has_objective else -(residual @ jacobian)
     else:
-        # A strongly convex problem's Jacobian is a symmetric Hessian, and its
-        # transpose is already in the column-major layout LAPACK works in, so
-        # solving with it skips a copy of the batch.
-        newton, info = torch.linalg.solve_ex(jacobian.mT if convex else jacobian, -residual)
+        newton, info = _solve_rows(jacobian, residual, convex)
         if has_objective:
             fallback_step = residual
         else:
@@ -287,6 +289,24 @@ def _newton_direction(
     if bool(usable.all()):
         return newton, None
     return torch.where(usable[:, None], newton, fallback_step), ~usable
+
+
+def _solve_rows(jacobian: torch.Tensor, residual: torch.Tensor, convex: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve ``J_n x_n = -r_n`` for every row, shapes ``(N, k, k)`` and ``(N, k)``.
+
+    A strongly convex problem's Jacobian is a symmetric Hessian, and its
+    transpose is already in the column-major layout LAPACK works in, so
+    solving with it skips a copy of the batch. From ``CHOLESKY_MIN_SIZE`` on,
+    ``-J`` is factored by Cholesky, which does half the work of LU.
+
+    :returns: the solutions ``(N, k)`` and LAPACK's per-row info codes ``(N,)``.
+    """
+    if convex and jacobian.shape[-1] >= CHOLESKY_MIN_SIZE:
+        factor, info = torch.linalg.cholesky_ex(-jacobian.mT)
+        if not bool(info.any()):
+            half = torch.linalg.solve_triangular(factor, residual.unsqueeze(-1), upper=False)
+            return torch.linalg.solve_triangular(factor.mT, half, upper=True).squeeze(-1), info
+    return torch.linalg.solve_ex(jacobian.mT if convex else jacobian, -residual)
 
 
 def _merit(evaluation: Evaluation, has_objective: bool) -> torch.Tensor:

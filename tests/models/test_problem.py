@@ -221,3 +221,20 @@ def test_newton_from_mostly_converged_start():
     assert (result.stats["row_iterations"][[3, 17]] > 0).all()
     assert result.stats["row_iterations"].sum() == result.stats["row_iterations"][[3, 17]].sum()
     torch.testing.assert_close(result.z, solved, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("family_id", ["bernoulli", "poisson"])
+def test_cholesky_newton_matches_lu(family_id, monkeypatch):
+    from pyro_deq.solvers import newton
+
+    problem = _problem(family_id, n_rows=30, n_features=40, n_components=newton.CHOLESKY_MIN_SIZE + 2,
+                       weight_scale=0.5, seed=9)
+    z0 = torch.zeros(30, newton.CHOLESKY_MIN_SIZE + 2, dtype=torch.float64)
+
+    cholesky = pyro_deq.solve(problem, z0, tol=1e-12)
+    monkeypatch.setattr(newton, "CHOLESKY_MIN_SIZE", 10_000)
+    lu = pyro_deq.solve(problem, z0, tol=1e-12)
+
+    assert cholesky.converged.all()
+    assert cholesky.n_iter == lu.n_iter
+    torch.testing.assert_close(cholesky.z, lu.z, rtol=1e-10, atol=1e-10)
