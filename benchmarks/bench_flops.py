@@ -2,21 +2,24 @@
 
 For Bernoulli PCA with N rows, d features and k components, ``pyro_deq.solve``
 with ``method="newton"`` runs on ``model.problem(y)`` from zeros at the
-float32 default tolerance. Its floating-point operations are counted
-analytically from the solver's own statistics:
+float32 default tolerance. The solver skips work where it can (no Jacobian at
+trial points, one shared Jacobian at the start, only the unconverged rows
+near the end), so its floating-point operations are counted from the work it
+actually did. One recording solve tallies, per call and with its number of
+rows n:
 
-- each evaluation (``stats["n_evaluations"]``, line-search trials included,
-  all with the Jacobian) costs ``2Ndk`` for ``u = Wz + b``, ``2Ndk`` for
-  ``Wᵀ(T(y) − A'(η))`` and ``2Ndk²`` for the N Hessians, which are one
-  ``(N, d) × (d, k²)`` product;
-- each Newton iteration solves N k×k systems, about ``2k³/3 + 2k²`` flops each.
+- ``2ndk`` for each canonical parameter ``u = Wz + b``;
+- ``2ndk`` for each product ``(T(y) − A'(η)) W`` (or ``T(y) W``);
+- ``2ndk²`` for each batch of n Hessians, one ``(n, d) × (d, k²)`` product;
+- for each batch of n k×k Newton systems, ``2k³/3 + 2k²`` flops per system
+  with LU (k < 8) and ``k³/3 + 2k²`` with Cholesky (k ≥ 8).
 
-Elementwise work (sigmoid, softplus, the objective's sums) is not counted, so
-the achieved rate is a lower bound. The reference runs exactly the same
-matmuls and batched solves, the same number of times, with nothing else: its
-time is the floor for this flop count, and ``solver time / floor time`` is the
-overhead. One cProfile of the first shape lists the functions where the solve
-spends its time.
+Elementwise work (sigmoid, the certificate's sums) is not counted, so the
+achieved rate is a lower bound. The reference replays exactly the recorded
+matmuls and batched solves, with the same shapes and the solver's own
+factorization, and nothing else: its time is the floor for this flop count,
+and ``solver time / floor time`` is the overhead. One cProfile of the first
+shape lists the functions where the solve spends its time.
 
 Usage::
 
@@ -60,30 +63,94 @@ def make_problem(n_rows: int, n_features: int, n_components: int):
         return model.problem(y)
 
 
-def counted_flops(n: int, d: int, k: int, n_evaluations: int, n_iter: int) -> dict:
-    evaluation = 2 * n * d * k + 2 * n * d * k + 2 * n * d * k * k
-    solve = n * (2 * k**3 // 3 + 2 * k * k)
-    return {"per_evaluation": evaluation, "per_solve": solve,
-            "total": n_evaluations * evaluation + n_iter * solve}
+def record_work(problem, z0) -> list[tuple[str, int]]:
+    """Solve once and return the matmuls and batched solves it ran, as ``(kind, rows)`` in order.
+
+    The problem's own methods are wrapped for this one solve, and restored after.
+    """
+    from pyro_deq.models.problem import ExpFamPCAProblem
+    from pyro_deq.solvers import newton
+
+    work: list[tuple[str, int]] = []
+    originals = {
+        "canonical_parameter": ExpFamPCAProblem.canonical_parameter,
+        "_error_signal": ExpFamPCAProblem._error_signal,
+        "_curvature": ExpFamPCAProblem._curvature,
+        "_affine_data_term_parts": ExpFamPCAProblem._affine_data_term_parts,
+    }
+    solve_rows = newton._solve_rows
+
+    def canonical_parameter(self, z):
+        work.append(("u", z.shape[0]))
+        return originals["canonical_parameter"](self, z)
+
+    def error_signal(self, u, mean):
+        work.append(("value", u.shape[0]))
+        return originals["_error_signal"](self, u, mean)
+
+    def curvature(self, u, mean, variance):
+        work.append(("hessian", variance.shape[0]))
+        return originals["_curvature"](self, u, mean, variance)
+
+    def affine_data_term_parts(self):
+        if self._affine_data_term is None:
+            work.append(("value", self.data.n_rows))
+        return originals["_affine_data_term_parts"](self)
+
+    def recording_solve_rows(jacobian, residual, convex):
+        work.append(("solve", jacobian.shape[0]))
+        return solve_rows(jacobian, residual, convex)
+
+    replacements = {"canonical_parameter": canonical_parameter, "_error_signal": error_signal,
+                    "_curvature": curvature, "_affine_data_term_parts": affine_data_term_parts}
+    try:
+        for name, function in replacements.items():
+            setattr(ExpFamPCAProblem, name, function)
+        newton._solve_rows = recording_solve_rows
+        pyro_deq.solve(problem, z0, method="newton")
+    finally:
+        for name, function in originals.items():
+            setattr(ExpFamPCAProblem, name, function)
+        newton._solve_rows = solve_rows
+    return work
 
 
-def matmul_floor(n: int, d: int, k: int, n_evaluations: int, n_iter: int):
-    """Return a callable that runs only the solve's matmuls and k×k solves, with the same shapes and counts."""
+def solve_flops(k: int) -> int:
+    """Flops of one k×k Newton system with the factorization the solver uses for k."""
+    from pyro_deq.solvers.newton import CHOLESKY_MIN_SIZE
+
+    if k >= CHOLESKY_MIN_SIZE:
+        return k**3 // 3 + 2 * k * k
+    return 2 * k**3 // 3 + 2 * k * k
+
+
+def counted_flops(d: int, k: int, work: list[tuple[str, int]]) -> int:
+    per_row = {"u": 2 * d * k, "value": 2 * d * k, "hessian": 2 * d * k * k, "solve": solve_flops(k)}
+    return sum(per_row[kind] * rows for kind, rows in work)
+
+
+def matmul_floor(d: int, k: int, work: list[tuple[str, int]]):
+    """Return a callable that replays only the recorded matmuls and k×k solves, with the same shapes."""
+    from pyro_deq.solvers.newton import _solve_rows
+
+    n = max(rows for _, rows in work)
     generator = torch.Generator().manual_seed(SEED)
     z = torch.randn(n, k, generator=generator)
     weight = torch.randn(d, k, generator=generator)
     signal = torch.randn(n, d, generator=generator)
     weight_outer = torch.randn(d, k * k, generator=generator)
-    hessian = torch.eye(k) * d + torch.zeros(n, k, k)
+    jacobian = -(torch.eye(k) * d + torch.zeros(n, k, k))
     rhs = torch.randn(n, k, generator=generator)
+    operations = {
+        "u": lambda rows: z[:rows] @ weight.T,
+        "value": lambda rows: signal[:rows] @ weight,
+        "hessian": lambda rows: signal[:rows] @ weight_outer,
+        "solve": lambda rows: _solve_rows(jacobian[:rows], rhs[:rows], True),
+    }
 
     def run():
-        for _ in range(n_evaluations):
-            z @ weight.T
-            signal @ weight
-            signal @ weight_outer
-        for _ in range(n_iter):
-            torch.linalg.solve_ex(hessian, rhs)
+        for kind, rows in work:
+            operations[kind](rows)
     return run
 
 
@@ -106,16 +173,16 @@ def measure_shape(n: int, d: int, k: int, repeats: int) -> dict:
     problem = make_problem(n, d, k)
     z0 = torch.zeros(n, k)
     result = pyro_deq.solve(problem, z0, method="newton")
-    n_evaluations, n_iter = result.stats["n_evaluations"], result.n_iter
-    flops = counted_flops(n, d, k, n_evaluations, n_iter)
+    work = record_work(make_problem(n, d, k), z0)
+    flops = counted_flops(d, k, work)
 
     solve_seconds = _common.median_seconds(lambda: pyro_deq.solve(problem, z0, method="newton"), repeats)
-    floor_seconds = _common.median_seconds(matmul_floor(n, d, k, n_evaluations, n_iter), repeats)
-    return {"n_rows": n, "n_features": d, "n_components": k, "n_iter": n_iter, "n_evaluations": n_evaluations,
-            "max_residual": float(result.residual.max()), "flops": flops["total"],
-            "flops_per_evaluation": flops["per_evaluation"], "solve_seconds": solve_seconds,
-            "floor_seconds": floor_seconds, "solver_gflops": flops["total"] / solve_seconds / 1e9,
-            "matmul_gflops": flops["total"] / floor_seconds / 1e9,
+    floor_seconds = _common.median_seconds(matmul_floor(d, k, work), repeats)
+    return {"n_rows": n, "n_features": d, "n_components": k, "n_iter": result.n_iter,
+            "n_evaluations": result.stats["n_evaluations"], "max_residual": float(result.residual.max()),
+            "flops": flops, "work": [{"kind": kind, "rows": rows} for kind, rows in work],
+            "solve_seconds": solve_seconds, "floor_seconds": floor_seconds,
+            "solver_gflops": flops / solve_seconds / 1e9, "matmul_gflops": flops / floor_seconds / 1e9,
             "fraction_of_matmul_rate": floor_seconds / solve_seconds}
 
 

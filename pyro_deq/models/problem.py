@@ -61,6 +61,8 @@ class ExpFamPCAProblem(FixedPointProblem):
         self._affine_data_term = None
         self._weight_outer = None
         self._scaled_outer = None
+        self._negative_eye = None
+        self._weight_over_precision = None
 
     def to(self, dtype: torch.dtype) -> "ExpFamPCAProblem":
         """Return the same problem with data and parameters cast to ``dtype``, still differentiable."""
@@ -77,6 +79,7 @@ class ExpFamPCAProblem(FixedPointProblem):
         )
         # The products of the loadings do not depend on the rows.
         problem._weight_outer, problem._scaled_outer = self._weight_outer, self._scaled_outer
+        problem._negative_eye, problem._weight_over_precision = self._negative_eye, self._weight_over_precision
         return problem
 
     @property
@@ -169,8 +172,18 @@ class ExpFamPCAProblem(FixedPointProblem):
         k = self.weight.shape[-1]
         if self._scaled_outer is None:
             self._scaled_outer = self._weight_outer_products() / -self.prior_precision
-        jacobian = (self._curvature(u, mean, variance) @ self._scaled_outer).reshape(-1, k, k)
-        return jacobian - torch.eye(k, dtype=jacobian.dtype, device=jacobian.device)
+            eye = torch.eye(k, dtype=self._scaled_outer.dtype, device=self._scaled_outer.device)
+            self._negative_eye = -eye.reshape(k * k)
+        curvature = self._curvature(u, mean, variance)
+        if curvature.dim() == 2 and self._scaled_outer.dim() == 2:
+            return torch.addmm(self._negative_eye, curvature, self._scaled_outer).reshape(-1, k, k)
+        return (curvature @ self._scaled_outer + self._negative_eye).reshape(-1, k, k)
+
+    def _scaled_weight(self) -> torch.Tensor:
+        """Return ``W / λ``, computed once, so that the value needs no division of its own."""
+        if self._weight_over_precision is None:
+            self._weight_over_precision = self.weight / self.prior_precision
+        return self._weight_over_precision
 
     def _data_term(self, z: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
         """``Σ_j T(y_j) η_j`` per row, shape ``(N,)``.
@@ -216,7 +229,7 @@ class ExpFamPCAProblem(FixedPointProblem):
             log_partition, mean, variance = self.family.log_partition_derivatives(eta)
         else:
             mean, variance = self.family.mean(eta), None
-        value = self._error_signal(u, mean) @ self.weight / self.prior_precision
+        value = self._error_signal(u, mean) @ self._scaled_weight()
         evaluation = Evaluation(value=value, residual=value - z, intermediates={"u": u, "eta": eta, "mean": mean})
 
         if objective:

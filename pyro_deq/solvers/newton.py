@@ -277,7 +277,7 @@ def _newton_direction(
     if convex:
         # A failed factorization leaves infinite or NaN entries, so one
         # finiteness check over the batch covers both.
-        if bool(torch.isfinite(newton.sum())):
+        if math.isfinite(float(newton.sum())):
             return newton, None
         usable = (info == 0) & torch.isfinite(newton.sum(-1))
     else:
@@ -375,7 +375,9 @@ def _line_search(
             # The relative residual is finite exactly when the value and the
             # residual are, and the trial has no objective or Jacobian yet.
             relative = trial.relative_residual()
-            finite = torch.isfinite(relative)
+            # A relative residual is never negative, and NaN fails every
+            # comparison, so one comparison is the finiteness test.
+            finite = relative < math.inf
             margin = torch.linalg.vecdot(torch.add(trial.residual, move, alpha=0.5 * strong_convexity), move)
             good = finite & ((margin >= 0) | (relative <= tol))
             if not everyone:
