@@ -11,6 +11,10 @@ from .data import ModelData
 
 __all__ = ["ExpFamPCAProblem"]
 
+# Cached products that involve only the loadings, so a problem cut down to
+# some rows can keep them.
+_ROW_FREE = ("weight_outer", "scaled_outer", "weight_over_precision")
+
 
 class ExpFamPCAProblem(FixedPointProblem):
     r"""Stationarity of the per-row log joint of exponential-family PCA.
@@ -58,11 +62,8 @@ class ExpFamPCAProblem(FixedPointProblem):
         self.statistic = family.sufficient_statistic(data.y)
         if data.mask is not None:
             self.statistic = self.statistic * data.mask
-        self._affine_data_term = None
-        self._weight_outer = None
-        self._scaled_outer = None
-        self._negative_eye = None
-        self._weight_over_precision = None
+        # Products of the loadings and data reused across evaluations; see _cached.
+        self._cache: dict = {}
 
     def to(self, dtype: torch.dtype) -> "ExpFamPCAProblem":
         """Return the same problem with data and parameters cast to ``dtype``, still differentiable."""
@@ -77,9 +78,8 @@ class ExpFamPCAProblem(FixedPointProblem):
         problem = ExpFamPCAProblem(
             family, self.nonlinearity, self.data.rows(index), self.weight, self.bias, self.prior_precision
         )
-        # The products of the loadings do not depend on the rows.
-        problem._weight_outer, problem._scaled_outer = self._weight_outer, self._scaled_outer
-        problem._negative_eye, problem._weight_over_precision = self._negative_eye, self._weight_over_precision
+        # The products of the loadings alone do not depend on the rows.
+        problem._cache = {name: value for name, value in self._cache.items() if name in _ROW_FREE}
         return problem
 
     @property
@@ -152,10 +152,10 @@ class ExpFamPCAProblem(FixedPointProblem):
 
         With them, ``Wᵀ diag(c_n) W`` for every row ``n`` is one matrix product.
         """
-        if self._weight_outer is None:
-            k = self.weight.shape[-1]
-            self._weight_outer = (self.weight.unsqueeze(-1) * self.weight.unsqueeze(-2)).reshape(-1, k * k)
-        return self._weight_outer
+        k = self.weight.shape[-1]
+        return self._cached(
+            "weight_outer", lambda: (self.weight.unsqueeze(-1) * self.weight.unsqueeze(-2)).reshape(-1, k * k)
+        )
 
     def _precision(self, u: torch.Tensor, mean: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
         k = self.weight.shape[-1]
@@ -170,20 +170,16 @@ class ExpFamPCAProblem(FixedPointProblem):
         result saves two passes over the batch.
         """
         k = self.weight.shape[-1]
-        if self._scaled_outer is None:
-            self._scaled_outer = self._weight_outer_products() / -self.prior_precision
-            eye = torch.eye(k, dtype=self._scaled_outer.dtype, device=self._scaled_outer.device)
-            self._negative_eye = -eye.reshape(k * k)
+        scaled_outer = self._cached("scaled_outer", lambda: self._weight_outer_products() / -self.prior_precision)
+        negative_eye = -torch.eye(k, dtype=scaled_outer.dtype, device=scaled_outer.device).reshape(k * k)
         curvature = self._curvature(u, mean, variance)
-        if curvature.dim() == 2 and self._scaled_outer.dim() == 2:
-            return torch.addmm(self._negative_eye, curvature, self._scaled_outer).reshape(-1, k, k)
-        return (curvature @ self._scaled_outer + self._negative_eye).reshape(-1, k, k)
+        if curvature.dim() == 2 and scaled_outer.dim() == 2:
+            return torch.addmm(negative_eye, curvature, scaled_outer).reshape(-1, k, k)
+        return (curvature @ scaled_outer + negative_eye).reshape(-1, k, k)
 
     def _scaled_weight(self) -> torch.Tensor:
         """Return ``W / λ``, computed once, so that the value needs no division of its own."""
-        if self._weight_over_precision is None:
-            self._weight_over_precision = self.weight / self.prior_precision
-        return self._weight_over_precision
+        return self._cached("weight_over_precision", lambda: self.weight / self.prior_precision)
 
     def _data_term(self, z: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
         """``Σ_j T(y_j) η_j`` per row, shape ``(N,)``.
@@ -199,12 +195,27 @@ class ExpFamPCAProblem(FixedPointProblem):
 
     def _affine_data_term_parts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``T W``, shape ``(N, k)``, and ``T · (b + offset)``, shape ``(N,)``, computed once."""
-        if self._affine_data_term is None:
+        def compute():
             constant = self.statistic @ self.bias
             if self.data.offset is not None:
                 constant = constant + (self.statistic * self.data.offset).sum(-1)
-            self._affine_data_term = (self.statistic @ self.weight, constant)
-        return self._affine_data_term
+            return self.statistic @ self.weight, constant
+
+        return self._cached("affine_data_term", compute)
+
+    def _cached(self, name: str, compute):
+        """Return ``compute()``, kept for later calls unless it must carry gradients.
+
+        A value computed without gradients (inside a solve, say) would cut
+        the graph to the loadings if reused where they need one, so while
+        gradients are on and the loadings or bias require them nothing is
+        kept or reused.
+        """
+        if torch.is_grad_enabled() and (self.weight.requires_grad or self.bias.requires_grad):
+            return compute()
+        if name not in self._cache:
+            self._cache[name] = compute()
+        return self._cache[name]
 
     @property
     def strong_convexity(self) -> float | None:

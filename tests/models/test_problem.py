@@ -238,3 +238,24 @@ def test_cholesky_newton_matches_lu(family_id, monkeypatch):
     assert cholesky.converged.all()
     assert cholesky.n_iter == lu.n_iter
     torch.testing.assert_close(cholesky.z, lu.z, rtol=1e-10, atol=1e-10)
+
+
+def test_reused_problem_keeps_gradients_to_loadings():
+    model, y = make_problem_data("bernoulli", n_rows=5, n_features=6, n_components=2, seed=11)
+    weight = model.weight.detach().clone().requires_grad_(True)
+    bias = model.bias.detach().clone().requires_grad_(True)
+    solved = model.problem(y, weight=weight, bias=bias)
+    z = pyro_deq.solve(solved, torch.zeros(5, 2, dtype=torch.float64)).z
+    fresh = model.problem(y, weight=weight, bias=bias)
+
+    for name in ("precision", "evaluate"):
+        def loss(problem):
+            if name == "precision":
+                return torch.logdet(problem.precision(z)).sum()
+            evaluation = problem.evaluate(z, jacobian=True)
+            return evaluation.objective.sum() + evaluation.value.sum() + evaluation.jacobian.sum()
+
+        reused_grads = torch.autograd.grad(loss(solved), (weight, bias))
+        fresh_grads = torch.autograd.grad(loss(fresh), (weight, bias))
+        for reused, expected in zip(reused_grads, fresh_grads):
+            torch.testing.assert_close(reused, expected, rtol=1e-12, atol=1e-12)
