@@ -93,7 +93,7 @@ def record_work(problem, z0) -> list[tuple[str, int]]:
         return originals["_curvature"](self, u, mean, variance)
 
     def affine_data_term_parts(self):
-        if "affine_data_term" not in self._cache:
+        if ("affine_data_term", torch.is_inference_mode_enabled()) not in self._cache:
             work.append(("value", self.data.n_rows))
         return originals["_affine_data_term_parts"](self)
 

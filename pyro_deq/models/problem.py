@@ -51,6 +51,7 @@ class ExpFamPCAProblem(FixedPointProblem):
     has_objective = True
     has_jacobian = True
     has_rows = True
+    uses_autograd = False
 
     def __init__(self, family, nonlinearity, data: ModelData, weight, bias, prior_precision: float):
         self.family = family
@@ -79,7 +80,7 @@ class ExpFamPCAProblem(FixedPointProblem):
             family, self.nonlinearity, self.data.rows(index), self.weight, self.bias, self.prior_precision
         )
         # The products of the loadings alone do not depend on the rows.
-        problem._cache = {name: value for name, value in self._cache.items() if name in _ROW_FREE}
+        problem._cache = {key: value for key, value in self._cache.items() if key[0] in _ROW_FREE}
         return problem
 
     @property
@@ -213,9 +214,11 @@ class ExpFamPCAProblem(FixedPointProblem):
         """
         if torch.is_grad_enabled() and (self.weight.requires_grad or self.bias.requires_grad):
             return compute()
-        if name not in self._cache:
-            self._cache[name] = compute()
-        return self._cache[name]
+        # Values made in inference mode cannot be saved for backward outside it.
+        key = (name, torch.is_inference_mode_enabled())
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
 
     @property
     def strong_convexity(self) -> float | None:

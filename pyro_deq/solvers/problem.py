@@ -91,6 +91,11 @@ class FixedPointProblem:
     :ivar float contraction_bound: an upper bound on the Lipschitz constant of
         ``f`` (plain iteration contracts when it is below 1), or ``None`` when
         unknown or unbounded. Used only in messages.
+    :ivar bool uses_autograd: whether the problem's methods need autograd, as
+        an autograd Jacobian does. Problems that set it to ``False`` are solved
+        in :func:`torch.inference_mode`, which makes each torch call cheaper;
+        the callback then receives inference tensors, which cannot be saved
+        for a later backward pass.
     :ivar bool has_rows: whether :meth:`rows` can restrict the problem to a
         subset of its rows; Newton's method then iterates on the unconverged
         rows only, once they are few.
@@ -106,6 +111,7 @@ class FixedPointProblem:
     has_objective: bool = False
     has_jacobian: bool = False
     has_rows: bool = False
+    uses_autograd: bool = True
     contraction_bound: float | None = None
     strong_convexity: float | None = None
 

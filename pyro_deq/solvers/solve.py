@@ -85,12 +85,29 @@ def solve(
     max_iter = _check_max_iter(max_iter, method)
     _check_options(method, options)
 
-    with torch.no_grad():
-        result = METHODS[method](problem, z0.detach(), tol=tol, max_iter=max_iter, **options)
+    if problem.uses_autograd:
+        with torch.no_grad():
+            result = METHODS[method](problem, z0.detach(), tol=tol, max_iter=max_iter, **options)
+    else:
+        # Inference mode skips the autograd bookkeeping of every torch call.
+        # Its tensors cannot enter a graph later, so the result gets copies.
+        with torch.inference_mode():
+            result = METHODS[method](problem, z0.detach(), tol=tol, max_iter=max_iter, **options)
+        result = _outside_inference_mode(result)
 
     if not bool(result.converged.all()) and (throw or warn):
         report_failure(result, throw)
     return result
+
+
+def _outside_inference_mode(result: SolverResult) -> SolverResult:
+    """Return ``result`` with every tensor replaced by a copy usable outside inference mode."""
+    def copy(value):
+        return value.clone() if isinstance(value, torch.Tensor) else value
+
+    fields = {name: copy(getattr(result, name)) for name in result.__dataclass_fields__}
+    fields["stats"] = {name: copy(value) for name, value in result.stats.items()}
+    return SolverResult(**fields)
 
 
 def report_failure(result: SolverResult, throw: bool = False) -> None:

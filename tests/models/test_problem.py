@@ -259,3 +259,19 @@ def test_reused_problem_keeps_gradients_to_loadings():
         fresh_grads = torch.autograd.grad(loss(fresh), (weight, bias))
         for reused, expected in zip(reused_grads, fresh_grads):
             torch.testing.assert_close(reused, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_solve_result_can_enter_autograd():
+    model, y = make_problem_data("poisson", n_rows=5, n_features=6, n_components=2, seed=12)
+    weight = model.weight.detach().clone().requires_grad_(True)
+    problem = model.problem(y, weight=weight)
+    assert not problem.uses_autograd
+
+    result = pyro_deq.solve(problem, torch.zeros(5, 2, dtype=torch.float64))
+    tensors = [result.z, result.converged, result.residual, result.residual_history, result.row_status,
+               result.stats["row_iterations"]]
+
+    assert not any(tensor.is_inference() for tensor in tensors)
+    (gradient,) = torch.autograd.grad((result.z @ weight.T).exp().sum(), weight)
+    assert torch.isfinite(gradient).all()
+    assert torch.linalg.vector_norm(problem.precision(result.z)) > 0
