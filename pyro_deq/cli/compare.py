@@ -23,7 +23,7 @@ def subset_size(text: str) -> int:
     if value < 2:
         raise argparse.ArgumentTypeError(f"expected an integer of at least 2, got {text!r}")
     return value
-from .io import check_output_dir, staged_output
+from .io import check_output_dir, output_directory, staged_output
 
 __all__ = ["QUICK_ENVIRONMENT_VARIABLE", "add_parser", "quick_requested", "run"]
 
@@ -58,9 +58,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, metavar="S",
                         help="random seed; the same seed gives the same report on the same machine "
                         "(default: %(default)s)")
-    parser.add_argument("--out", type=Path, metavar="DIR",
+    parser.add_argument("--out", type=output_directory, metavar="DIR",
                         help="output directory; its parent must exist (default: compare-<dataset>)")
-    parser.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    parser.add_argument("--force", action="store_true",
+                        help="replace DIR if an earlier pyro-deq run wrote it (never another directory)")
     parser.add_argument("--quick", action="store_true",
                         help="run a reduced comparison (fewer steps, rows and draws) for smoke tests")
     parser.add_argument("--quiet", action="store_true", help="show no progress bars")
@@ -126,7 +127,7 @@ def _figures(report) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``pyro-deq compare`` and return the exit status."""
-    out = check_output_dir(args.out or Path(f"compare-{args.dataset}"), args.force)
+    out = check_output_dir(args.out if args.out is not None else Path(f"compare-{args.dataset}"), args.force)
     quick = quick_requested(args.quick)
     compare = _compare_function()
     dataset = load_dataset(args.dataset, args.family)
@@ -142,10 +143,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError(f"data set {args.dataset} does not fit --family {family.name}: {error}") from None
 
     logger.info("comparing on %s (%d x %d, %r)%s", args.dataset, *y.shape, family, ", quick" if quick else "")
-    report = compare(
-        model, y, labels=dataset.target, subset=args.subset, seed=args.seed, quick=quick,
-        progress=not args.quiet, feature_names=dataset.feature_names, dataset_name=args.dataset,
-    )
+    try:
+        report = compare(
+            model, y, labels=dataset.target, subset=args.subset, seed=args.seed, quick=quick,
+            progress=not args.quiet, feature_names=dataset.feature_names, dataset_name=args.dataset,
+        )
+    except importlib.import_module("pyro_deq.comparison").SettingsError as error:
+        raise UserInputError(f"--subset {args.subset}: {error}") from None
     figures = _figures(report)
     try:
         with staged_output(out, args.force) as staging:

@@ -20,7 +20,7 @@ from pyro_deq.initialization import degenerate_columns, degenerate_rows, initial
 from pyro_deq.training import train
 
 from . import UserInputError
-from .io import MatrixFile, check_output_dir, read_matrix, staged_output
+from .io import MatrixFile, check_output_dir, output_directory, read_matrix, staged_output
 
 __all__ = ["add_parser", "run"]
 
@@ -129,9 +129,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--allow-unconverged", action="store_true",
                         help="write the outputs even when the final solve for the latents did not converge "
                         "for some rows, recording them in diagnostics.json, instead of exiting with status 1")
-    parser.add_argument("--out", type=Path, metavar="DIR",
+    parser.add_argument("--out", type=output_directory, metavar="DIR",
                         help="output directory; its parent must exist (default: fit-<FILE name without suffix>)")
-    parser.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    parser.add_argument("--force", action="store_true",
+                        help="replace DIR if an earlier pyro-deq run wrote it (never another directory)")
     parser.add_argument("--quiet", action="store_true", help="show no progress bar and no summary, only warnings")
     parser.set_defaults(run=run)
     return parser
@@ -224,10 +225,11 @@ def warn_degenerate_rows(family, matrix: MatrixFile) -> list[int]:
     return rows
 
 
-def check_converged(solver: dict, allow_unconverged: bool) -> None:
+def check_converged(solver: dict, allow_unconverged: bool, nonlinearity: str = "identity") -> None:
     """Raise :class:`NumericalError` when the final solve left rows unconverged, unless allowed.
 
     :param dict solver: the guide's diagnostics, with the solver ``result``.
+    :param str nonlinearity: the model's nonlinearity, which decides the likely cause named.
     """
     result = solver["result"]
     failed = [int(index) + 1 for index in torch.nonzero(~result.converged).flatten()]
@@ -238,13 +240,17 @@ def check_converged(solver: dict, allow_unconverged: bool) -> None:
     shown = ", ".join(str(row) for row in failed[:_MAX_NAMES_SHOWN])
     if len(failed) > _MAX_NAMES_SHOWN:
         shown += ", ..."
+    if nonlinearity == "relu":
+        cause = ("With --nonlinearity relu this usually means maxima on a ReLU kink, where the log joint has "
+                 "no gradient: try --nonlinearity identity")
+    else:
+        cause = ("Columns of very large counts usually cause this: pass log library size as --offset-column, "
+                 "rescale or drop those columns, or raise --steps or --max-iter")
     raise NumericalError(
         f"the latents of {len(failed)} of {n_rows} rows ({len(failed) / n_rows:.0%}; rows {shown}, "
         f"counted from 1) did not converge: {result.status} after {result.n_iter} iterations, max relative "
         f"residual {float(result.residual.max()):.3g} (tolerance {result.tol:.3g}); nothing was written. "
-        "Columns of very large counts usually cause this: pass log library size as --offset-column, "
-        "rescale or drop those columns, or raise --steps or --max-iter; --allow-unconverged writes the "
-        "outputs anyway",
+        f"{cause}; --allow-unconverged writes the outputs anyway",
         {"failed_rows": failed, "result": result},
     )
 
@@ -293,7 +299,8 @@ def _laplace(model, matrix: MatrixFile, max_iter: int | None) -> tuple[torch.Ten
 
 def run(args: argparse.Namespace) -> int:
     """Run ``pyro-deq fit`` and return the exit status."""
-    out = check_output_dir(args.out or Path(f"fit-{args.file.stem}"), args.force)
+    out = check_output_dir(args.out if args.out is not None else Path(f"fit-{args.file.stem}"), args.force,
+                           inputs=(args.file,))
     family = build_family(args)
     matrix = read_matrix(args.file, mask_missing=args.mask_missing, offset_column=args.offset_column)
     validate_data(pyro_deq.ExpFamPCA(matrix.y.shape[1], args.latent_dim, family=family), matrix, args.file)
@@ -310,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
         description="pyro-deq fit",
     )
     z, sd, solver = _laplace(model, matrix, args.max_iter)
-    check_converged(solver, args.allow_unconverged)
+    check_converged(solver, args.allow_unconverged, args.nonlinearity)
 
     diagnostics = _diagnostics(args, family, matrix, training, solver, degenerate)
     diagnostics["degenerate_rows"] = empty_rows
@@ -328,7 +335,12 @@ def _diagnostics(args, family, matrix, training, solver, degenerate) -> dict:
     arguments = {key: str(value) if isinstance(value, Path) else value
                  for key, value in vars(args).items() if key not in ("run", "command")}
     return {
-        "solver": {key: value for key, value in solver.items() if key != "result"},
+        "solver": {
+            **{key: value for key, value in solver.items() if key != "result"},
+            # Rows whose Newton step fell below rounding count as converged with a
+            # residual above the tolerance, and this counts them.
+            "n_step_converged": int(solver["result"].stats.get("n_step_converged", 0)),
+        },
         "final_loss": training.losses[-1],
         "losses": training.losses,
         "seconds": training.seconds,

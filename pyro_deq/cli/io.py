@@ -15,6 +15,7 @@ dense ``(N, d)`` matrices.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import logging
@@ -32,7 +33,11 @@ import torch
 
 from . import UserInputError
 
-__all__ = ["MatrixFile", "check_output_dir", "read_matrix", "staged_output"]
+__all__ = ["MatrixFile", "OUTPUT_MARKER", "check_output_dir", "output_directory", "read_matrix", "staged_output"]
+
+# Every output directory gets this empty file, and --force replaces only
+# directories that have it, so it never deletes a directory of the user's own.
+OUTPUT_MARKER = ".pyro-deq-output"
 
 logger = logging.getLogger(__name__)
 
@@ -354,26 +359,52 @@ def _offset_values(path: Path, column: np.ndarray, index: int, locate) -> torch.
 # --------------------------------------------------------- output folders
 
 
-def check_output_dir(out, force: bool) -> Path:
+def output_directory(text: str) -> Path:
+    """Parse ``--out``, rejecting an empty name, which ``Path`` would read as the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a directory name, got an empty string")
+    return Path(text)
+
+
+def check_output_dir(out, force: bool, inputs: tuple = ()) -> Path:
     """Check that ``out`` can be created, before any computation starts.
 
     :param out: the output directory.
-    :param bool force: allow replacing an existing directory.
+    :param bool force: allow replacing an existing directory that an earlier
+        run wrote (it holds :data:`OUTPUT_MARKER`).
+    :param inputs: paths of input files, which must not lie inside ``out``.
     :returns: ``out`` as a :class:`~pathlib.Path`.
-    :raises UserInputError: if ``out`` exists (without ``force``), is a file,
-        or its parent directory does not exist.
+    :raises UserInputError: if ``out`` is empty, is a file, exists (without
+        ``force``), exists without the marker, contains an input, or its parent
+        directory does not exist or is not writable.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserInputError(f"--out {out}: a file of that name exists; choose another --out")
+    resolved = out.resolve()
+    for path in inputs:
+        if resolved in Path(path).resolve().parents:
+            raise UserInputError(
+                f"--out {out}: the input {path} is inside it and would be replaced; choose another --out"
+            )
     if out.exists() and not force:
         raise UserInputError(
             f"--out {out}: the output directory already exists; pass --force to replace it, "
             "or choose another --out"
         )
-    parent = out.absolute().parent
+    if out.exists() and not (out / OUTPUT_MARKER).is_file():
+        entries = sorted(entry.name for entry in out.iterdir())
+        listed = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise UserInputError(
+            f"--out {out}: the directory was not written by pyro-deq (it has no {OUTPUT_MARKER} file) and "
+            f"contains {len(entries)} entries ({listed or 'none'}); --force replaces only earlier pyro-deq "
+            "output, so choose a new --out"
+        )
+    parent = resolved.parent
     if not parent.is_dir():
         raise UserInputError(f"--out {out}: the parent directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserInputError(f"--out {out}: the parent directory {parent} is not writable; choose another --out")
     return out
 
 
@@ -391,9 +422,15 @@ def staged_output(out, force: bool):
     :raises UserInputError: if ``out`` appeared meanwhile and ``force`` is false.
     """
     out = check_output_dir(out, force)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.absolute().parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.resolve().parent))
     try:
+        # mkdtemp makes the directory private (0700); give it the permissions
+        # of an ordinary new directory under the user's umask instead.
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)
         yield staging
+        (staging / OUTPUT_MARKER).write_text("")
         _publish(staging, out, force)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

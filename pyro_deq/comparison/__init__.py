@@ -3,7 +3,7 @@
 The ArviZ adapter (:mod:`pyro_deq.comparison.arviz_adapter`) imports no torch.
 """
 
-from .compare import DEFAULT_METHODS, Settings, compare
+from .compare import DEFAULT_METHODS, Settings, SettingsError, compare
 from .report import ComparisonReport
 
-__all__ = ["ComparisonReport", "DEFAULT_METHODS", "Settings", "compare"]
+__all__ = ["ComparisonReport", "DEFAULT_METHODS", "Settings", "SettingsError", "compare"]

@@ -23,12 +23,16 @@ from .methods import METHODS, ConditionalProblem, MethodResult, run_method
 from .metrics import interval_coverage, principal_angles, sd_ratio, standardized_errors
 from .report import ComparisonReport
 
-__all__ = ["compare", "DEFAULT_METHODS", "Settings"]
+__all__ = ["compare", "DEFAULT_METHODS", "Settings", "SettingsError"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_METHODS = tuple(METHODS)
 
+
+
+class SettingsError(ValueError):
+    """An argument of :func:`compare` that cannot work with the data, found before any training."""
 
 @dataclass
 class Settings:
@@ -98,6 +102,8 @@ def compare(
     :param bool joint: run the joint comparison.
     :param bool progress: show progress bars.
     :returns: a :class:`~pyro_deq.comparison.ComparisonReport`.
+    :raises SettingsError: before any training, for unknown methods or a
+        subset that is too small or larger than the training rows.
     """
     if quick is None:
         quick = os.environ.get("PYRO_DEQ_QUICK", "") not in ("", "0")
@@ -107,9 +113,9 @@ def compare(
     methods = list(methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"`methods` contains unknown names {unknown}; valid names are {list(METHODS)}.")
+        raise SettingsError(f"`methods` contains unknown names {unknown}; valid names are {list(METHODS)}.")
     if settings.subset < 2:
-        raise ValueError(f"`subset` must be at least 2 rows, got {settings.subset}.")
+        raise SettingsError(f"`subset` must be at least 2 rows, got {settings.subset}.")
 
     data = model.prepare(y, None, offset)
     y_all = data.y
@@ -122,7 +128,7 @@ def compare(
         data = model.prepare(y_all, None, None if data.offset is None else _rows(data.offset, keep))
     train_rows, heldout_rows = _split(y_all.shape[0], settings.heldout_fraction, seed)
     if settings.subset > train_rows.numel():
-        raise ValueError(
+        raise SettingsError(
             f"`subset` is {settings.subset} but only {train_rows.numel()} training rows exist; "
             "pass a smaller subset."
         )

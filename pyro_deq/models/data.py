@@ -91,8 +91,26 @@ def _prepare_mask(mask, y: torch.Tensor) -> torch.Tensor | None:
 def _prepare_offset(offset, y: torch.Tensor) -> torch.Tensor | None:
     if offset is None:
         return None
-    offset = as_tensor(offset, "offset", y.dtype, y.device)
-    n_rows, n_features = y.shape
+    return offset_like(offset, y.shape[0], y.shape[1], y.dtype, y.device)
+
+
+def offset_like(offset, n_rows: int, n_features: int, dtype, device=None) -> torch.Tensor:
+    """Return ``offset`` shaped to broadcast to ``(n_rows, n_features)``.
+
+    A 1-D offset of length ``n_rows`` is per row and becomes ``(n_rows, 1)``;
+    one of length ``n_features`` is per feature. When the two lengths are
+    equal a 1-D offset is ambiguous and rejected.
+
+    :raises ValueError: naming the shape and the fix, for a shape that does
+        not broadcast, an ambiguous 1-D offset, or a non-finite value.
+    """
+    offset = as_tensor(offset, "offset", dtype, device)
+    if offset.dim() == 1 and n_rows == n_features and offset.shape[0] == n_rows and n_rows > 1:
+        raise ValueError(
+            f"`offset` of shape ({n_rows},) is ambiguous because `y` has {n_rows} rows and {n_features} "
+            f"columns; pass offset.reshape({n_rows}, 1) for a per-row offset or offset.reshape(1, "
+            f"{n_features}) for a per-feature one."
+        )
     if offset.dim() == 1 and offset.shape[0] == n_rows:
         offset = offset.unsqueeze(-1)
     allowed = offset.dim() <= 2 and all(
@@ -100,7 +118,7 @@ def _prepare_offset(offset, y: torch.Tensor) -> torch.Tensor | None:
     )
     if not allowed:
         raise ValueError(
-            f"`offset` must broadcast to the shape of `y` {tuple(y.shape)}: use shape "
+            f"`offset` must broadcast to the shape of `y` {(n_rows, n_features)}: use shape "
             f"({n_rows},) or ({n_rows}, 1) for a per-row offset such as log library size, "
             f"({n_features},) per feature, or ({n_rows}, {n_features}); got {tuple(offset.shape)}."
         )

@@ -11,7 +11,7 @@ import torch
 from pyro.nn import PyroModule, PyroParam, PyroSample
 
 from .. import families, nonlinearities
-from .data import ModelData, as_tensor, prepare_data
+from .data import ModelData, as_tensor, offset_like, prepare_data
 from .problem import ExpFamPCAProblem
 
 __all__ = ["ExpFamPCA"]
@@ -216,8 +216,10 @@ class ExpFamPCA(PyroModule):
         if weight is None:
             if self.weight_decay is not None:
                 raise ValueError(
-                    "`weight` has a prior (weight_decay is set), so pass its value explicitly, "
-                    "for example weight=guide.median()['weight']."
+                    "`weight` has a prior (weight_decay is set), so it is a latent site and its value "
+                    "must be passed explicitly. With SVI, use pyro_deq.AutoDEQGuideList with a guide "
+                    "for the weight, such as AutoNormal, then AutoDEQ; for the closed forms pass "
+                    "weight=..., for example guide_list.median(y)['weight']."
                 )
             weight = self.weight
         return weight, self.bias if bias is None else bias
@@ -272,5 +274,5 @@ class ExpFamPCA(PyroModule):
         weight, bias = self.resolve_parameters(weight, bias)
         eta = self.nonlinearity(z @ weight.transpose(-1, -2) + bias)
         if offset is not None:
-            eta = eta + as_tensor(offset, "offset", eta.dtype, eta.device).reshape(eta.shape[0], -1)
+            eta = eta + offset_like(offset, eta.shape[-2], eta.shape[-1], eta.dtype, eta.device)
         return self.family.expected_value(eta)

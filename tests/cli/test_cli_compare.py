@@ -74,3 +74,13 @@ def test_compare_failure_leaves_nothing(tmp_path, fake_compare, monkeypatch):
     assert main(["compare", "--out", str(out), "--quiet"]) == 1
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_subset_larger_than_training_rows_exits_2(tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["compare", "--quick", "--subset", "100000", "--out", str(out), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "--subset 100000" in error
+    assert "training rows" in error
+    assert "Traceback" not in error
+    assert not out.exists()

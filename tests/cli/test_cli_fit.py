@@ -2,7 +2,9 @@
 
 import json
 import math
+import os
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,6 +13,7 @@ import scipy.io
 import scipy.sparse
 import torch
 
+from pyro_deq.cli import io
 from pyro_deq.cli.main import main
 
 STEPS = ["--steps", "5"]
@@ -111,15 +114,67 @@ def test_mask_missing_and_offset_column(tmp_path):
     assert diagnostics["data"]["n_missing"] == 1
 
 
-def test_force_replaces_existing_output(tmp_path, reuters_counts):
+def test_force_replaces_earlier_output(tmp_path, reuters_counts):
     counts, _ = reuters_counts
     np.save(tmp_path / "counts.npy", counts.numpy())
     out = tmp_path / "out"
-    out.mkdir()
+    assert fit(tmp_path / "counts.npy", out) == 0
     (out / "old.txt").write_text("old")
+
     assert fit(tmp_path / "counts.npy", out, "--force") == 0
     assert not (out / "old.txt").exists()
+    assert (out / ".pyro-deq-output").is_file()
     assert_outputs(out, *counts.shape)
+
+
+def test_force_spares_foreign_directory(tmp_path, capsys):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    path = write_csv(out / "counts.csv", torch.ones(4, 3), ["a", "b", "c"])
+
+    assert fit(path, out, "--force") == 2
+    error = capsys.readouterr().err
+    assert "inside it" in error
+    assert sorted(entry.name for entry in out.iterdir()) == ["counts.csv", "notes.txt"]
+
+    other = tmp_path / "other.csv"
+    other.write_text("1,2\n3,4\n")
+    assert fit(other, out, "--force") == 2
+    error = capsys.readouterr().err
+    assert "not written by pyro-deq" in error
+    assert "notes.txt" in error
+    assert sorted(entry.name for entry in out.iterdir()) == ["counts.csv", "notes.txt"]
+
+
+def test_unwritable_parent_rejected_before_reading(tmp_path, capsys, monkeypatch):
+    parent = tmp_path / "locked"
+    parent.mkdir()
+    # Root may write anywhere, so the permission check itself is simulated.
+    real_access = os.access
+    monkeypatch.setattr(io.os, "access", lambda path, mode: Path(path) != parent and real_access(path, mode))
+
+    assert fit(tmp_path / "absent.csv", parent / "out") == 2
+    error = capsys.readouterr().err
+    assert "not writable" in error
+    assert "absent.csv" not in error
+    assert list(parent.iterdir()) == []
+
+
+def test_output_directory_gets_umask_permissions(tmp_path):
+    path = tmp_path / "small.csv"
+    path.write_text("1,2\n3,4\n0,1\n")
+    umask = os.umask(0o022)
+    try:
+        assert fit(path, tmp_path / "out", "--family", "poisson") == 0
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+
+
+def test_empty_out_is_a_usage_error(tmp_path, capsys):
+    assert fit(tmp_path / "absent.csv", "") == 2
+    assert "empty string" in capsys.readouterr().err
 
 
 BAD_CSV_CASES = {

@@ -178,6 +178,28 @@ def test_valid_offset_shapes_accepted():
         assert (data.offset + data.y).shape == (2, 3)
 
 
+def test_square_data_rejects_ambiguous_offset():
+    model = pyro_deq.ExpFamPCA(3, 2, family="bernoulli")
+    y = torch.zeros(3, 3)
+    with pytest.raises(ValueError, match=r"ambiguous.*reshape\(3, 1\).*reshape\(1, 3\)"):
+        model.prepare(y, offset=torch.zeros(3))
+    for offset in (torch.zeros(3, 1), torch.zeros(1, 3)):
+        assert model.prepare(y, offset=offset).offset.shape == offset.shape
+
+
+@pytest.mark.parametrize("n_rows", [3, 5])
+def test_expected_value_offset_matches_model(n_rows):
+    model, y = make_problem_data("poisson", n_rows=n_rows, n_features=4, n_components=2, seed=5)
+    z = torch.randn(n_rows, 2, dtype=torch.float64)
+    eta = z @ model.weight.detach().T + model.bias.detach()
+    per_feature = torch.linspace(-1.0, 1.0, 4, dtype=torch.float64)
+    per_row = torch.linspace(0.0, 2.0, n_rows, dtype=torch.float64)
+
+    with torch.no_grad():
+        torch.testing.assert_close(model.expected_value(z, offset=per_feature), (eta + per_feature).exp())
+        torch.testing.assert_close(model.expected_value(z, offset=per_row), (eta + per_row[:, None]).exp())
+
+
 def test_masked_entries_filled_with_zero():
     model = _bernoulli_model()
     y = torch.tensor([[1.0, float("nan"), 0.0]])
