@@ -424,12 +424,13 @@ def staged_output(out, force: bool):
     out = check_output_dir(out, force)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.resolve().parent))
     try:
-        # mkdtemp makes the directory private (0700); give it the permissions
-        # of an ordinary new directory under the user's umask instead.
+        yield staging
+        # mkdtemp makes the directory private (0700), and so may the code
+        # that wrote into it; give it the permissions of an ordinary new
+        # directory under the user's umask instead.
         umask = os.umask(0)
         os.umask(umask)
         staging.chmod(0o777 & ~umask)
-        yield staging
         (staging / OUTPUT_MARKER).write_text("")
         _publish(staging, out, force)
     except BaseException:

@@ -129,6 +129,10 @@ class ComparisonReport:
         os.makedirs(parent, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=".pyro-deq-", dir=parent)
         try:
+            # mkdtemp makes the directory private (0700); use the umask instead.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(staging, 0o777 & ~umask)
             self._write(staging, figures or {})
             if os.path.exists(directory):
                 shutil.rmtree(directory)

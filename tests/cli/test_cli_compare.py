@@ -1,5 +1,6 @@
 """Tests of the ``pyro-deq compare`` wiring, with a stand-in for ``pyro_deq.comparison.compare``."""
 
+import os
 import sys
 import types
 
@@ -84,3 +85,13 @@ def test_subset_larger_than_training_rows_exits_2(tmp_path, capsys):
     assert "training rows" in error
     assert "Traceback" not in error
     assert not out.exists()
+
+
+def test_compare_output_gets_umask_permissions(tmp_path, fake_compare):
+    out = tmp_path / "report"
+    umask = os.umask(0o022)
+    try:
+        assert main(["compare", "--out", str(out), "--quiet"]) == 0
+    finally:
+        os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o755

@@ -1,5 +1,8 @@
+import os
+
 import numpy as np
 import pyro
+
 import pytest
 import torch
 
@@ -114,7 +117,12 @@ def test_report_save_writes_every_file(gaussian_report, tmp_path):
     from pyro_deq import plotting
 
     out = tmp_path / "report"
-    gaussian_report.save(out, figures=plotting.report_figures(gaussian_report))
+    umask = os.umask(0o022)
+    try:
+        gaussian_report.save(out, figures=plotting.report_figures(gaussian_report))
+    finally:
+        os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o755
     names = sorted(p.name for p in out.iterdir())
     for expected in ("report.md", "conditional.csv", "joint.csv", "metadata.json", "arviz",
                      "latents.png", "map_against_nuts.png", "forest.png", "residual_traces.png",
