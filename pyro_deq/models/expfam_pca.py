@@ -229,8 +229,17 @@ class ExpFamPCA(PyroModule):
 
         ``y`` may be a :class:`~pyro_deq.models.data.ModelData` that is already validated.
         """
-        data = y if isinstance(y, ModelData) else self.prepare(y, mask, offset)
         weight, bias = self.resolve_parameters(weight, bias)
+        if weight.dtype != bias.dtype:
+            raise ValueError(
+                f"`weight` is {weight.dtype} but `bias` is {bias.dtype}; pass both in one dtype, "
+                "for example weight=weight.double(), bias=model.bias.double()."
+            )
+        if isinstance(y, ModelData):
+            data = y
+        else:
+            # The data take the dtype of the parameters in use, which may differ from the model's own.
+            data = prepare_data(self.family, y, mask, offset, self.n_features, weight.dtype, weight.device)
         family = data.family_rows(self.family)
         return ExpFamPCAProblem(family, self.nonlinearity, data, weight, bias, self.prior_precision)
 

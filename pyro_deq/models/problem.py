@@ -221,6 +221,16 @@ class ExpFamPCAProblem(FixedPointProblem):
         return self._cache[key]
 
     @property
+    def latent_shape(self) -> tuple[int, int]:
+        """``(N, k)``: one row of latents per data row."""
+        return (self.data.n_rows, self.weight.shape[-1])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the loadings, which the latents must share."""
+        return self.weight.dtype
+
+    @property
     def strong_convexity(self) -> float | None:
         """``1`` for the identity nonlinearity, ``None`` otherwise.
 

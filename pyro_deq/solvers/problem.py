@@ -96,6 +96,10 @@ class FixedPointProblem:
         in :func:`torch.inference_mode`, which makes each torch call cheaper;
         the callback then receives inference tensors, which cannot be saved
         for a later backward pass.
+    :ivar latent_shape: ``(N, k)``, the shape that ``z`` must have, or ``None``
+        when the problem does not know it; :func:`pyro_deq.solve` checks ``z0``
+        against it and against :attr:`dtype` before any computation.
+    :ivar dtype: the dtype that ``z`` must have, or ``None``.
     :ivar bool has_rows: whether :meth:`rows` can restrict the problem to a
         subset of its rows; Newton's method then iterates on the unconverged
         rows only, once they are few.
@@ -112,6 +116,8 @@ class FixedPointProblem:
     has_jacobian: bool = False
     has_rows: bool = False
     uses_autograd: bool = True
+    latent_shape: tuple[int, int] | None = None
+    dtype: torch.dtype | None = None
     contraction_bound: float | None = None
     strong_convexity: float | None = None
 

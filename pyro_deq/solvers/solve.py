@@ -81,6 +81,7 @@ def solve(
     problem = as_problem(fn_or_problem)
     method = _check_method(method, problem)
     _check_z0(z0)
+    _check_z0_matches(problem, z0)
     tol = _check_tol(tol, z0.dtype)
     max_iter = _check_max_iter(max_iter, method)
     _check_options(method, options)
@@ -130,6 +131,21 @@ def _check_method(method: str | None, problem: FixedPointProblem) -> str:
     if method not in METHODS:
         raise ValueError(f"Invalid `method` {method!r}; expected one of {sorted(METHODS)}.")
     return method
+
+
+def _check_z0_matches(problem: FixedPointProblem, z0: torch.Tensor) -> None:
+    """Raise when ``z0`` does not have the shape or dtype the problem declares."""
+    shape, dtype = problem.latent_shape, problem.dtype
+    if shape is not None and tuple(z0.shape) != tuple(shape):
+        raise ValueError(
+            f"`z0` has shape {tuple(z0.shape)} but the problem has {shape[0]} rows of {shape[1]} latents; "
+            f"start from torch.zeros({shape[0]}, {shape[1]}, dtype={dtype})."
+        )
+    if dtype is not None and z0.dtype != dtype:
+        raise TypeError(
+            f"`z0` is {z0.dtype} but the problem is {dtype}; convert it with z0.to({dtype}), "
+            f"or the problem with problem.to({z0.dtype})."
+        )
 
 
 def _check_z0(z0) -> None:

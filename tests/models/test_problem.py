@@ -275,3 +275,33 @@ def test_solve_result_can_enter_autograd():
     (gradient,) = torch.autograd.grad((result.z @ weight.T).exp().sum(), weight)
     assert torch.isfinite(gradient).all()
     assert torch.linalg.vector_norm(problem.precision(result.z)) > 0
+
+
+def test_float64_parameters_on_float32_model():
+    model64, y = make_problem_data("bernoulli", n_rows=6, n_features=5, n_components=2, seed=13)
+    weight, bias = model64.weight.detach(), model64.bias.detach()
+    model32 = pyro_deq.ExpFamPCA(5, 2, family="bernoulli", weight=weight.float(), bias=bias.float())
+
+    problem = model32.problem(y, weight=weight, bias=bias)
+    assert problem.dtype == torch.float64
+    assert problem.data.y.dtype == torch.float64
+    z = pyro_deq.solve(problem, torch.zeros(6, 2, dtype=torch.float64), tol=1e-12).z
+    expected = pyro_deq.solve(model64.problem(y), torch.zeros(6, 2, dtype=torch.float64), tol=1e-12).z
+    torch.testing.assert_close(z, expected, rtol=1e-12, atol=1e-12)
+
+    with pytest.raises(ValueError, match=r"`weight` is torch.float64 but `bias` is torch.float32"):
+        model32.problem(y, weight=weight)
+
+
+@pytest.mark.parametrize(
+    "z0, error, message",
+    [
+        (torch.zeros(5, 2, dtype=torch.float64), ValueError, r"shape \(5, 2\) but the problem has 6 rows of 2"),
+        (torch.zeros(6, 3, dtype=torch.float64), ValueError, r"torch.zeros\(6, 2, dtype=torch.float64\)"),
+        (torch.zeros(6, 2), TypeError, r"`z0` is torch.float32 but the problem is torch.float64"),
+    ],
+)
+def test_solve_rejects_mismatched_start(z0, error, message):
+    problem = _problem("poisson", n_rows=6, n_features=5, seed=14)
+    with pytest.raises(error, match=message):
+        pyro_deq.solve(problem, z0)
