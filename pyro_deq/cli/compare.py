@@ -95,6 +95,11 @@ def build_family(args: argparse.Namespace, dataset):
         name = dataset.family
     else:
         params, name = {}, args.family
+    source = "--family" if args.family is not None else f"data set {args.dataset}'s family"
+    if args.total_count is not None and name != "binomial":
+        raise UserInputError(f"--total-count applies only to the binomial family, not {source} {name}; drop it")
+    if args.scale is not None and name != "gaussian":
+        raise UserInputError(f"--scale applies only to the gaussian family, not {source} {name}; drop it")
     if args.total_count is not None:
         params["total_count"] = args.total_count
     if args.scale is not None:
@@ -102,8 +107,7 @@ def build_family(args: argparse.Namespace, dataset):
     try:
         return families.get(name, **params)
     except (TypeError, ValueError) as error:
-        raise UserInputError(f"--family {name}: {error}; set --total-count for binomial "
-                             "and --scale only for gaussian") from None
+        raise UserInputError(f"--family {name}: {str(error).rstrip('.')}") from None
 
 
 def _compare_function():

@@ -95,3 +95,19 @@ def test_compare_output_gets_umask_permissions(tmp_path, fake_compare):
     finally:
         os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize(
+    "arguments, expected",
+    [
+        (["--dataset", "synthetic", "--scale", "2"], "--scale applies only to the gaussian family"),
+        (["--dataset", "reuters", "--total-count", "5"], "--total-count applies only to the binomial family"),
+    ],
+)
+def test_parameter_of_another_family_exits_2(arguments, expected, tmp_path, fake_compare, capsys):
+    out = tmp_path / "report"
+    assert main(["compare", *arguments, "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert expected in error
+    assert "drop it" in error
+    assert fake_compare == []
