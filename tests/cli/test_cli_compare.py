@@ -111,3 +111,10 @@ def test_parameter_of_another_family_exits_2(arguments, expected, tmp_path, fake
     assert expected in error
     assert "drop it" in error
     assert fake_compare == []
+
+
+def test_binarized_digits_named_in_report(tmp_path, fake_compare):
+    assert main(["compare", "--family", "bernoulli", "--out", str(tmp_path / "report"), "--quiet"]) == 0
+    _, y, kwargs = fake_compare[0]
+    assert set(y.unique().tolist()) == {0.0, 1.0}
+    assert kwargs["dataset_name"] == "digits, binarized: 1 where the count exceeds 8 of 16"
