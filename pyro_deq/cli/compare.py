@@ -13,7 +13,7 @@ import pyro
 import pyro_deq
 from pyro_deq import datasets, families
 
-from . import UserInputError
+from . import UserInputError, reject_foreign_family_options
 from .fit import add_family_arguments, positive_int
 
 
@@ -103,10 +103,7 @@ def build_family(args: argparse.Namespace, dataset):
     else:
         params, name = {}, args.family
     source = "--family" if args.family is not None else f"data set {args.dataset}'s family"
-    if args.total_count is not None and name != "binomial":
-        raise UserInputError(f"--total-count applies only to the binomial family, not {source} {name}; drop it")
-    if args.scale is not None and name != "gaussian":
-        raise UserInputError(f"--scale applies only to the gaussian family, not {source} {name}; drop it")
+    reject_foreign_family_options(name, args.total_count, args.scale, source)
     if args.total_count is not None:
         params["total_count"] = args.total_count
     if args.scale is not None:

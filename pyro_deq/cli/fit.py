@@ -19,7 +19,7 @@ from pyro_deq.errors import NumericalError
 from pyro_deq.initialization import degenerate_columns, degenerate_rows, initial_bias, initial_weight
 from pyro_deq.training import train
 
-from . import UserInputError
+from . import UserInputError, reject_foreign_family_options
 from .io import MatrixFile, check_output_dir, output_directory, read_matrix, staged_output
 
 __all__ = ["add_parser", "run"]
@@ -140,10 +140,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def build_family(args: argparse.Namespace):
     """Build the family from ``--family`` and its parameters, rejecting parameters it does not take."""
-    if args.total_count is not None and args.family != "binomial":
-        raise UserInputError(f"--total-count applies only to --family binomial, not {args.family}; drop it")
-    if args.scale is not None and args.family != "gaussian":
-        raise UserInputError(f"--scale applies only to --family gaussian, not {args.family}; drop it")
+    reject_foreign_family_options(args.family, args.total_count, args.scale)
     if args.family == "binomial":
         if args.total_count is None:
             raise UserInputError("--family binomial needs --total-count N, the number of trials of each entry")

@@ -31,6 +31,7 @@ import scipy.io
 import scipy.sparse
 import torch
 
+from .._directories import apply_umask
 from . import UserInputError
 
 __all__ = ["MatrixFile", "OUTPUT_MARKER", "check_output_dir", "output_directory", "read_matrix", "staged_output"]
@@ -425,12 +426,9 @@ def staged_output(out, force: bool):
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.resolve().parent))
     try:
         yield staging
-        # mkdtemp makes the directory private (0700), and so may the code
-        # that wrote into it; give it the permissions of an ordinary new
-        # directory under the user's umask instead.
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)
+        # The code that wrote into staging may have replaced it with its own
+        # private temporary directory, so the permissions are set afterwards.
+        apply_umask(staging)
         (staging / OUTPUT_MARKER).write_text("")
         _publish(staging, out, force)
     except BaseException:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .._directories import apply_umask
 from . import arviz_adapter
 
 __all__ = ["ComparisonReport"]
@@ -129,10 +130,7 @@ class ComparisonReport:
         os.makedirs(parent, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=".pyro-deq-", dir=parent)
         try:
-            # mkdtemp makes the directory private (0700); use the umask instead.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(staging, 0o777 & ~umask)
+            apply_umask(staging)
             self._write(staging, figures or {})
             if os.path.exists(directory):
                 shutil.rmtree(directory)

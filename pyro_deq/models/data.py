@@ -88,12 +88,6 @@ def _prepare_mask(mask, y: torch.Tensor) -> torch.Tensor | None:
     return mask.to(y.device)
 
 
-def _prepare_offset(offset, y: torch.Tensor) -> torch.Tensor | None:
-    if offset is None:
-        return None
-    return offset_like(offset, y.shape[0], y.shape[1], y.dtype, y.device)
-
-
 def offset_like(offset, n_rows: int, n_features: int, dtype, device=None) -> torch.Tensor:
     """Return ``offset`` shaped to broadcast to ``(n_rows, n_features)``.
 
@@ -171,4 +165,5 @@ def prepare_data(family, y, mask, offset, n_features: int, dtype: torch.dtype, d
     if mask is not None:
         y = torch.where(mask, y, torch.zeros((), dtype=y.dtype, device=y.device))
 
-    return ModelData(y, mask, _prepare_offset(offset, y))
+    offset = None if offset is None else offset_like(offset, y.shape[0], y.shape[1], y.dtype, y.device)
+    return ModelData(y, mask, offset)

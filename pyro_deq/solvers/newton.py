@@ -15,6 +15,7 @@ from pyro_deq.solvers.result import (
     RowTracker,
     SolverResult,
     evaluation_is_finite,
+    spread_rows,
 )
 
 __all__ = ["newton_solve", "MAX_BACKTRACKS", "ROUNDING_ULPS"]
@@ -169,7 +170,7 @@ def newton_solve(
             step_floor = STEP_ULPS * torch.finfo(z0.dtype).eps * (1.0 + torch.linalg.vector_norm(z, dim=-1))
             at_precision = stagnant & (torch.linalg.vector_norm(direction, dim=-1) <= step_floor)
             if bool(at_precision.any()):
-                tracker.mark(_spread(at_precision, work_rows, tracker.active), CONVERGED)
+                tracker.mark(spread_rows(at_precision, work_rows, tracker.active), CONVERGED)
                 stats["n_step_converged"] += int(at_precision.sum())
                 active = active & ~at_precision
                 if not bool(active.any()):
@@ -183,7 +184,7 @@ def newton_solve(
         if accepted is not active:
             stalled = active & ~accepted
             if bool(stalled.any()):
-                tracker.mark(_spread(stalled, work_rows, tracker.active), STALLED)
+                tracker.mark(spread_rows(stalled, work_rows, tracker.active), STALLED)
 
     return tracker.result(problem, stats=stats)
 
@@ -191,13 +192,6 @@ def newton_solve(
 def _take(values: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
     """Return ``values[rows]``, or ``values`` itself when ``rows`` is ``None`` (all rows)."""
     return values if rows is None else values[rows]
-
-
-def _spread(flags: torch.Tensor, rows: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """Return batch-wide flags, shape of ``like``, that are ``flags`` on ``rows`` and ``False`` elsewhere."""
-    if rows is None:
-        return flags
-    return torch.zeros_like(like).index_put((rows,), flags)
 
 
 def _drop_finished_rows(

@@ -280,9 +280,9 @@ class RowTracker:
             residual_norm = torch.linalg.vector_norm(evaluation.residual, dim=-1)
         if index is not None:
             z = self.z.index_put((index,), z)
-            rows = torch.zeros_like(self._active).index_put((index,), rows)
+            rows = spread_rows(rows, index, self._active)
             if not moved_are_finite:
-                finite = torch.zeros_like(self._active).index_put((index,), finite)
+                finite = spread_rows(finite, index, self._active)
             residual = self.residual.index_put((index,), residual)
             if objective is not None:
                 objective = self.objective.index_put((index,), objective)
@@ -388,6 +388,16 @@ class RowTracker:
             )
         if self.callback is not None:
             self.callback(self.n_iter, self.z, self.residual)
+
+
+def spread_rows(flags: torch.Tensor, rows: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """Return batch-wide flags, shape of ``like``, that are ``flags`` on ``rows`` and ``False`` elsewhere.
+
+    ``rows`` of ``None`` means every row, and ``flags`` is returned as it is.
+    """
+    if rows is None:
+        return flags
+    return torch.zeros_like(like).index_put((rows,), flags)
 
 
 def evaluation_is_finite(evaluation, z: torch.Tensor | None = None) -> torch.Tensor:

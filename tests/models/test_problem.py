@@ -17,12 +17,17 @@ def _problem(family_id, nonlinearity="identity", dtype=torch.float64, **kwargs):
         return model.problem(y)
 
 
-def _uncertified(problem):
-    """The same problem without strong convexity, so Newton checks the objective of every step."""
-    cls = type("Uncertified", (type(problem),), {"strong_convexity": None})
+def _overriding(problem, **attributes):
+    """Return a copy of ``problem`` whose class overrides ``attributes``, to switch a solver shortcut off."""
+    cls = type(f"{type(problem).__name__}Variant", (type(problem),), attributes)
     clone = cls.__new__(cls)
     clone.__dict__.update(problem.__dict__)
     return clone
+
+
+def _uncertified(problem):
+    """The same problem without strong convexity, so Newton checks the objective of every step."""
+    return _overriding(problem, strong_convexity=None)
 
 
 @pytest.mark.parametrize("nonlinearity, expected", [("identity", 1.0), ("relu", None)])
@@ -153,9 +158,7 @@ def test_evaluate_shared_kept_for_feature_offset():
 @pytest.mark.parametrize("family_id", FAMILY_IDS)
 def test_newton_with_shared_start_matches_row_start(family_id):
     problem = _problem(family_id, n_rows=40, n_features=20, n_components=3, weight_scale=2.0, seed=1)
-    without = type("RowJacobians", (type(problem),), {"evaluate_shared": lambda self, z: None})
-    unshared = without.__new__(without)
-    unshared.__dict__.update(problem.__dict__)
+    unshared = _overriding(problem, evaluate_shared=lambda self, z: None)
     z0 = torch.zeros(40, 3, dtype=torch.float64)
 
     shared_result = pyro_deq.solve(problem, z0, tol=1e-12)
@@ -168,10 +171,7 @@ def test_newton_with_shared_start_matches_row_start(family_id):
 
 def _without_rows(problem):
     """The same problem with ``has_rows`` off, so Newton iterates on every row to the end."""
-    cls = type("AllRows", (type(problem),), {"has_rows": False})
-    clone = cls.__new__(cls)
-    clone.__dict__.update(problem.__dict__)
-    return clone
+    return _overriding(problem, has_rows=False)
 
 
 def _masked_offset_binomial_problem():
