@@ -396,10 +396,11 @@ def check_output_dir(out, force: bool, inputs: tuple = ()) -> Path:
     if out.exists() and not (out / OUTPUT_MARKER).is_file():
         entries = sorted(entry.name for entry in out.iterdir())
         listed = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        count = "1 entry" if len(entries) == 1 else f"{len(entries)} entries"
         raise UserInputError(
             f"--out {out}: the directory was not written by pyro-deq (it has no {OUTPUT_MARKER} file) and "
-            f"contains {len(entries)} entries ({listed or 'none'}); --force replaces only earlier pyro-deq "
-            "output, so choose a new --out"
+            f"contains {count} ({listed or 'none'}); --force replaces only earlier pyro-deq output, "
+            "so choose a new --out"
         )
     parent = resolved.parent
     if not parent.is_dir():
