@@ -50,8 +50,11 @@ class Binomial(ExponentialFamily):
         return self._count_like(eta) * torch.sigmoid(eta) * torch.sigmoid(-eta)
 
     def variance_given_mean(self, eta: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """Compute ``mean * sigmoid(-eta)`` as ``mean / (1 + exp(eta))``, since ``mean = n sigmoid(eta)``."""
-        return mean / (1.0 + torch.exp(eta))
+        """Compute ``mean (1 - mean / n)``, with an absolute error of a few rounding units of ``n``.
+
+        :meth:`variance` keeps the relative accuracy in the tail of large ``eta``.
+        """
+        return torch.addcmul(mean, mean, mean / self._count_like(eta), value=-1.0)
 
     def log_partition_derivatives(self, eta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Compute ``n`` times the Bernoulli softplus, sigmoid and variance from one exponential."""
