@@ -13,7 +13,7 @@ __all__ = ["ExpFamPCAProblem"]
 
 # Cached products that involve only the loadings, so a problem cut down to
 # some rows can keep them.
-_ROW_FREE = ("weight_outer", "scaled_outer", "weight_over_precision")
+_ROW_FREE = ("weight_outer", "scaled_outer", "weight_over_precision", "negative_eye")
 
 
 class ExpFamPCAProblem(FixedPointProblem):
@@ -172,7 +172,9 @@ class ExpFamPCAProblem(FixedPointProblem):
         """
         k = self.weight.shape[-1]
         scaled_outer = self._cached("scaled_outer", lambda: self._weight_outer_products() / -self.prior_precision)
-        negative_eye = -torch.eye(k, dtype=scaled_outer.dtype, device=scaled_outer.device).reshape(k * k)
+        negative_eye = self._cached(
+            "negative_eye", lambda: -torch.eye(k, dtype=scaled_outer.dtype, device=scaled_outer.device).reshape(k * k)
+        )
         curvature = self._curvature(u, mean, variance)
         if curvature.dim() == 2 and scaled_outer.dim() == 2:
             return torch.addmm(negative_eye, curvature, scaled_outer).reshape(-1, k, k)
@@ -191,18 +193,21 @@ class ExpFamPCAProblem(FixedPointProblem):
         """
         if not self.nonlinearity.is_identity:
             return (self.statistic * eta).sum(-1)
-        slope, constant = self._affine_data_term_parts()
-        return (slope * z).sum(-1) + constant
+        return (self._data_slope() * z).sum(-1) + self._data_constant()
 
-    def _affine_data_term_parts(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``T W``, shape ``(N, k)``, and ``T · (b + offset)``, shape ``(N,)``, computed once."""
+    def _data_slope(self) -> torch.Tensor:
+        """Return ``T W``, shape ``(N, k)``, computed once."""
+        return self._cached("data_slope", lambda: self.statistic @ self.weight)
+
+    def _data_constant(self) -> torch.Tensor:
+        """Return ``T · (b + offset)``, shape ``(N,)``, computed once."""
         def compute():
             constant = self.statistic @ self.bias
             if self.data.offset is not None:
                 constant = constant + (self.statistic * self.data.offset).sum(-1)
-            return self.statistic @ self.weight, constant
+            return constant
 
-        return self._cached("affine_data_term", compute)
+        return self._cached("data_constant", compute)
 
     def _cached(self, name: str, compute):
         """Return ``compute()``, kept for later calls unless it must carry gradients.
@@ -264,7 +269,7 @@ class ExpFamPCAProblem(FixedPointProblem):
             evaluation.jacobian = self._jacobian(u, mean, variance)
         return evaluation
 
-    def evaluate_shared(self, z: torch.Tensor) -> tuple[Evaluation, torch.Tensor] | None:
+    def evaluate_shared(self, z: torch.Tensor, objective: bool = True) -> tuple[Evaluation, torch.Tensor] | None:
         """Evaluate at ``z`` with the one Jacobian ``(k, k)`` of every row, or return ``None`` when rows differ.
 
         ``H`` depends on the row only through ``z``, the mask, the offset, the
@@ -287,9 +292,10 @@ class ExpFamPCAProblem(FixedPointProblem):
 
         u, eta = self.canonical_parameter(z[:1])
         log_partition, mean, variance = self.family.log_partition_derivatives(eta)
-        slope, _ = self._affine_data_term_parts()
-        value = (slope - mean @ self.weight) / self.prior_precision
-        evaluation = Evaluation(value=value, residual=value - z, objective=self._objective(z, eta, log_partition))
+        value = (self._data_slope() - mean @ self.weight) / self.prior_precision
+        evaluation = Evaluation(value=value, residual=value - z)
+        if objective:
+            evaluation.objective = self._objective(z, eta, log_partition)
         return evaluation, self._jacobian(u, mean, variance)[0]
 
     def complete(

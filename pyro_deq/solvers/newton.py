@@ -122,7 +122,7 @@ def newton_solve(
         )
 
     certify = problem.has_objective and problem.strong_convexity is not None
-    shared = problem.evaluate_shared(z0)
+    shared = problem.evaluate_shared(z0, objective=not certify)
     if shared is None:
         evaluation, shared_jacobian = _evaluate(problem, z0, certify, jacobian=True), None
     else:

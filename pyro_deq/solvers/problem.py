@@ -141,15 +141,16 @@ class FixedPointProblem:
         """
         raise NotImplementedError(f"{type(self).__name__} cannot be restricted to rows; has_rows is False.")
 
-    def evaluate_shared(self, z: torch.Tensor) -> tuple[Evaluation, torch.Tensor] | None:
+    def evaluate_shared(self, z: torch.Tensor, objective: bool = True) -> tuple[Evaluation, torch.Tensor] | None:
         """Evaluate at ``z`` and return the Jacobian ``(k, k)`` that every row has there, or ``None``.
 
         Newton's method calls this at its starting point, where rows often
         start equal (at zero), before it falls back to :meth:`evaluate`. With
         a shared Jacobian its first step needs one ``k × k`` factorization
         instead of ``N``. The evaluation needs no Jacobian of its own and must
-        have the objective when :attr:`has_objective` is set. The default,
-        ``None``, means the rows' Jacobians differ or are not known to agree.
+        have the objective when :attr:`has_objective` is set and ``objective``
+        is true. The default, ``None``, means the rows' Jacobians differ or
+        are not known to agree.
         """
         return None
 

@@ -120,6 +120,9 @@ def test_evaluate_shared_equals_row_evaluation(family_id):
         torch.testing.assert_close(evaluation.value, rows.value, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(evaluation.residual, rows.residual, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(evaluation.objective, rows.objective, rtol=1e-12, atol=1e-12)
+        without_objective, _ = problem.evaluate_shared(start, objective=False)
+        assert without_objective.objective is None
+        torch.testing.assert_close(without_objective.residual, rows.residual, rtol=1e-12, atol=1e-12)
 
 
 def test_evaluate_shared_none_when_rows_differ():
@@ -158,7 +161,7 @@ def test_evaluate_shared_kept_for_feature_offset():
 @pytest.mark.parametrize("family_id", FAMILY_IDS)
 def test_newton_with_shared_start_matches_row_start(family_id):
     problem = _problem(family_id, n_rows=40, n_features=20, n_components=3, weight_scale=2.0, seed=1)
-    unshared = _overriding(problem, evaluate_shared=lambda self, z: None)
+    unshared = _overriding(problem, evaluate_shared=lambda self, z, objective=True: None)
     z0 = torch.zeros(40, 3, dtype=torch.float64)
 
     shared_result = pyro_deq.solve(problem, z0, tol=1e-12)
@@ -305,3 +308,4 @@ def test_solve_rejects_mismatched_start(z0, error, message):
     problem = _problem("poisson", n_rows=6, n_features=5, seed=14)
     with pytest.raises(error, match=message):
         pyro_deq.solve(problem, z0)
+
