@@ -203,13 +203,16 @@ class RowTracker:
         self.n_iter = 0
 
         n_rows = z.shape[0]
-        finite = evaluation_is_finite(evaluation, z)
+        relative = evaluation.relative_residual()
+        # Checking every entry at once is cheaper than row by row, and it
+        # leaves nothing to mask in the usual case of a finite start.
+        finite = None if _all_finite(evaluation, z, relative) else evaluation_is_finite(evaluation, z)
         self.status = torch.full((n_rows,), STATUS_INDEX[MAX_ITER], dtype=torch.long, device=z.device)
         self._active = torch.ones(n_rows, dtype=torch.bool, device=z.device)
         self.row_iterations = torch.zeros(n_rows, dtype=torch.long, device=z.device)
 
         self.z = z.clone()
-        self.residual = _finite_or_inf(evaluation.relative_residual(), finite)
+        self.residual = _finite_or_inf(relative, finite)
         self.objective = None
         if evaluation.objective is not None:
             self.objective = _finite_or_inf(evaluation.objective, finite)
@@ -222,7 +225,8 @@ class RowTracker:
             self.min_residual_norm = _finite_or_inf(torch.linalg.vector_norm(evaluation.residual, dim=-1), finite)
             self.reference_norm = self.min_residual_norm.clone()
 
-        self._set_status(~finite, NON_FINITE)
+        if finite is not None:
+            self._set_status(~finite, NON_FINITE)
         self._set_status(self.residual <= tol, CONVERGED)
         self.residual_history = [self.residual]
         self.objective_history = None if self.objective is None else [self.objective]
@@ -423,6 +427,18 @@ def evaluation_is_finite(evaluation, z: torch.Tensor | None = None) -> torch.Ten
     return torch.isfinite(total)
 
 
-def _finite_or_inf(values: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
-    """Replace the entries of non-finite rows by ``+inf``, so no NaN reaches a result."""
+def _all_finite(evaluation, z: torch.Tensor, relative: torch.Tensor) -> bool:
+    """Return whether every entry of the evaluation, ``z`` and the relative residual is finite.
+
+    The sum of all entries is finite only then (or not, when it overflows,
+    which :func:`evaluation_is_finite` then sorts out row by row).
+    """
+    tensors = [evaluation.value, evaluation.residual, z, relative, evaluation.objective, evaluation.jacobian]
+    return math.isfinite(sum(float(tensor.sum()) for tensor in tensors if tensor is not None))
+
+
+def _finite_or_inf(values: torch.Tensor, finite: torch.Tensor | None) -> torch.Tensor:
+    """Replace the entries of non-finite rows by ``+inf``, so no NaN reaches a result; ``None`` means all are finite."""
+    if finite is None:
+        return values
     return torch.where(finite, values, torch.full_like(values, math.inf))

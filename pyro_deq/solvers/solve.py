@@ -180,6 +180,8 @@ def _check_max_iter(max_iter, method: str) -> int:
 
 def _check_options(method: str, options: dict) -> None:
     """Reject options the method does not take and option values out of range."""
+    if not options:
+        return
     parameters = inspect.signature(METHODS[method]).parameters
     accepted = [
         name
