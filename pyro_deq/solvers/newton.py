@@ -45,6 +45,15 @@ STEP_ULPS = 64.0
 # with LU and 10 x 10 ones with Cholesky (torch 2.13 on a 2-core x86_64 CPU).
 CHOLESKY_MIN_SIZE = 8
 
+# Strongly convex problems with at least this many rows solve their Newton
+# systems by Gauss-Jordan elimination over the whole batch at once (see
+# `_eliminate`), which costs a few torch operations per latent instead of one
+# LAPACK call per row. Below these batch sizes LAPACK is faster: about 640 rows
+# for fewer than CHOLESKY_MIN_SIZE latents and 200 from there on, where the
+# batched LAPACK routines slow down several times (torch 2.13, 2-core x86_64).
+ELIMINATION_MIN_ROWS = 640
+ELIMINATION_MIN_ROWS_LARGE = 200
+
 # A problem with `has_rows` is cut down to its active rows once they are at
 # most this fraction of the rows iterated on. Copying the rows costs about one
 # evaluation of them, and each later iteration then saves at least half of one.
@@ -264,8 +273,8 @@ def _newton_direction(
             fallback_step = residual
         else:
             fallback_step = -(jacobian.transpose(-1, -2) @ residual.unsqueeze(-1)).squeeze(-1)
-    # LAPACK returns the batch of solutions column-major; row-wise norms and
-    # sums on that layout cost several times more than a copy.
+    # LAPACK and the elimination return the batch of solutions column-major;
+    # row-wise norms and sums on that layout cost several times more than a copy.
     newton = newton.contiguous()
 
     if convex:
@@ -273,7 +282,9 @@ def _newton_direction(
         # finiteness check over the batch covers both.
         if math.isfinite(float(newton.sum())):
             return newton, None
-        usable = (info == 0) & torch.isfinite(newton.sum(-1))
+        usable = torch.isfinite(newton.sum(-1))
+        if info is not None:
+            usable = usable & (info == 0)
     else:
         # The merit's directional derivative along the Newton direction is
         # -descent times a positive factor. A NaN or infinite entry of the
@@ -285,22 +296,60 @@ def _newton_direction(
     return torch.where(usable[:, None], newton, fallback_step), ~usable
 
 
-def _solve_rows(jacobian: torch.Tensor, residual: torch.Tensor, convex: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _solve_rows(
+    jacobian: torch.Tensor, residual: torch.Tensor, convex: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Solve ``J_n x_n = -r_n`` for every row, shapes ``(N, k, k)`` and ``(N, k)``.
 
     A strongly convex problem's Jacobian is a symmetric Hessian, and its
     transpose is already in the column-major layout LAPACK works in, so
     solving with it skips a copy of the batch. From ``CHOLESKY_MIN_SIZE`` on,
-    ``-J`` is factored by Cholesky, which does half the work of LU.
+    ``-J`` is factored by Cholesky, which does half the work of LU. Large
+    batches of these systems are solved by :func:`_eliminate` instead.
 
-    :returns: the solutions ``(N, k)`` and LAPACK's per-row info codes ``(N,)``.
+    :returns: the solutions ``(N, k)`` and LAPACK's per-row info codes
+        ``(N,)``, or ``None`` after elimination, whose failures show only as
+        non-finite solutions.
     """
-    if convex and jacobian.shape[-1] >= CHOLESKY_MIN_SIZE:
+    n_rows, size = residual.shape
+    if convex and n_rows >= (ELIMINATION_MIN_ROWS if size < CHOLESKY_MIN_SIZE else ELIMINATION_MIN_ROWS_LARGE):
+        return _eliminate(jacobian, residual), None
+    if convex and size >= CHOLESKY_MIN_SIZE:
         factor, info = torch.linalg.cholesky_ex(-jacobian.mT)
         if not bool(info.any()):
             half = torch.linalg.solve_triangular(factor, residual.unsqueeze(-1), upper=False)
             return torch.linalg.solve_triangular(factor.mT, half, upper=True).squeeze(-1), info
     return torch.linalg.solve_ex(jacobian.mT if convex else jacobian, -residual)
+
+
+def _eliminate(jacobian: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Solve ``J_n x_n = -r_n`` for every row by Gauss-Jordan elimination without pivoting.
+
+    The batch is laid out last, as the augmented systems ``[J | r]`` of
+    shape ``(k, k + 1, N)``, so each step of the elimination is one
+    operation on contiguous runs of ``N`` rows. Step ``j`` divides row ``j``
+    by its pivot and subtracts multiples of it from every other row.
+
+    Only for Jacobians whose symmetric part is negative definite (the
+    strongly convex problems): their pivots are the diagonals of Schur
+    complements, which are negative, so no pivoting is needed, as for
+    Cholesky. A singular or non-finite system yields non-finite entries.
+
+    :returns: the solutions, shape ``(N, k)``.
+    """
+    size = residual.shape[-1]
+    system = torch.cat([jacobian.permute(1, 2, 0), residual.T.unsqueeze(1)], dim=1)
+
+    for column in range(size):
+        pivot_row = system[column, column + 1:]
+        pivot_row.div_(system[column, column])
+        if column > 0:
+            system[:column, column + 1:].addcmul_(system[:column, column:column + 1], pivot_row, value=-1.0)
+        if column + 1 < size:
+            system[column + 1:, column + 1:].addcmul_(system[column + 1:, column:column + 1], pivot_row, value=-1.0)
+
+    # The last column now holds J^-1 r, one latent per row of the layout.
+    return system[:, size].T.neg()
 
 
 def _merit(evaluation: Evaluation, has_objective: bool) -> torch.Tensor:

@@ -309,3 +309,53 @@ def test_solve_rejects_mismatched_start(z0, error, message):
     with pytest.raises(error, match=message):
         pyro_deq.solve(problem, z0)
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("size", [1, 2, 5, 10])
+def test_elimination_matches_lapack_solve(size, dtype):
+    from pyro_deq.solvers.newton import _eliminate
+
+    generator = torch.Generator().manual_seed(size)
+    factor = torch.randn(50, size, size, generator=generator, dtype=torch.float64)
+    jacobian = -(torch.eye(size, dtype=torch.float64) + factor @ factor.mT)
+    residual = torch.randn(50, size, generator=generator, dtype=torch.float64)
+
+    solution = _eliminate(jacobian.to(dtype), residual.to(dtype))
+    expected = torch.linalg.solve(jacobian, -residual)
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(solution.double(), expected, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("family_id", ["bernoulli", "poisson"])
+@pytest.mark.parametrize("n_components", [3, 10])
+def test_eliminating_newton_matches_lapack(family_id, n_components, monkeypatch):
+    from pyro_deq.solvers import newton
+
+    problem = _problem(family_id, n_rows=40, n_features=30, n_components=n_components, weight_scale=0.5, seed=12)
+    z0 = torch.zeros(40, n_components, dtype=torch.float64)
+
+    monkeypatch.setattr(newton, "ELIMINATION_MIN_ROWS", 1)
+    monkeypatch.setattr(newton, "ELIMINATION_MIN_ROWS_LARGE", 1)
+    eliminated = pyro_deq.solve(problem, z0, tol=1e-12)
+    monkeypatch.setattr(newton, "ELIMINATION_MIN_ROWS", 10**9)
+    monkeypatch.setattr(newton, "ELIMINATION_MIN_ROWS_LARGE", 10**9)
+    lapack = pyro_deq.solve(problem, z0, tol=1e-12)
+
+    assert eliminated.converged.all()
+    assert eliminated.n_iter == lapack.n_iter
+    torch.testing.assert_close(eliminated.z, lapack.z, rtol=1e-10, atol=1e-10)
+
+
+def test_eliminated_row_with_singular_system_falls_back(monkeypatch):
+    from pyro_deq.solvers import newton
+
+    monkeypatch.setattr(newton, "ELIMINATION_MIN_ROWS", 1)
+    jacobian = -torch.eye(3, dtype=torch.float64).expand(4, 3, 3).clone()
+    jacobian[2] = 0.0
+    residual = torch.arange(12, dtype=torch.float64).reshape(4, 3)
+
+    direction, fallback = newton._newton_direction(jacobian, residual, has_objective=True, convex=True)
+
+    assert fallback.tolist() == [False, False, True, False]
+    torch.testing.assert_close(direction, residual)
+
