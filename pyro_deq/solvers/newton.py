@@ -415,20 +415,25 @@ def _line_search(
         stats["n_evaluations"] += 1
 
         if certify:
-            # The relative residual is finite exactly when the value and the
-            # residual are, and the trial has no objective or Jacobian yet.
             relative = trial.relative_residual()
-            # A relative residual is never negative, and NaN fails every
-            # comparison, so one comparison is the finiteness test.
-            finite = relative < math.inf
             margin = torch.linalg.vecdot(torch.add(trial.residual, move, alpha=0.5 * strong_convexity), move)
-            good = finite & ((margin >= 0) | (relative <= tol))
+            # A row passes when its margin is non-negative or its relative
+            # residual meets tol, that is when the larger of the margin and
+            # tol - relative is non-negative. The iterate is finite, so a
+            # value that is not makes the residual infinite or NaN too, and
+            # the relative residual NaN (inf / inf). `maximum` passes NaN on,
+            # so such a row fails this one comparison.
+            good = torch.maximum(margin, torch.rsub(relative, tol)) >= 0
             if not everyone:
                 good = good & pending
             n_good = int(good.sum())
             stats["n_certified"] += n_good
             n_pending = pending.shape[0] if everyone else int(pending.sum())
-            undecided = pending & finite & ~good if n_good < n_pending else None
+            undecided = None
+            if n_good < n_pending:
+                # The trial has no objective or Jacobian yet, so a finite
+                # relative residual means a finite point.
+                undecided = pending & (relative < math.inf) & ~good
             if undecided is not None and bool(undecided.any()):
                 stats["n_uncertified"] += int(undecided.sum())
                 if ceiling is None:

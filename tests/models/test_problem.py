@@ -359,3 +359,19 @@ def test_eliminated_row_with_singular_system_falls_back(monkeypatch):
     assert fallback.tolist() == [False, False, True, False]
     torch.testing.assert_close(direction, residual)
 
+
+def test_certified_newton_rejects_overflowing_trial_point():
+    # From zero, the full Newton step for a count of 1e6 lands at a canonical
+    # parameter near 5e5, where exp overflows float32; the step must be halved.
+    weight = torch.ones(2, 1, dtype=torch.float32)
+    model = pyro_deq.ExpFamPCA(2, 1, family="poisson", weight=weight, bias=torch.zeros(2), name="overflow")
+    y = torch.tensor([[1e6, 1e6], [1.0, 2.0]])
+    with torch.no_grad():
+        result = pyro_deq.solve(model.problem(y), torch.zeros(2, 1))
+        reference = pyro_deq.solve(model.problem(y.double(), weight=weight.double(), bias=torch.zeros(2).double()),
+                                   torch.zeros(2, 1, dtype=torch.float64), tol=1e-12)
+
+    assert result.converged.all()
+    assert result.stats["n_backtracks"] > 0
+    assert torch.isfinite(result.z).all()
+    torch.testing.assert_close(result.z.double(), reference.z, rtol=1e-5, atol=1e-5)
