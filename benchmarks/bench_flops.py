@@ -11,8 +11,10 @@ rows n:
 - ``2ndk`` for each canonical parameter ``u = Wz + b``;
 - ``2ndk`` for each product ``(T(y) − A'(η)) W`` (or ``T(y) W``);
 - ``2ndk²`` for each batch of n Hessians, one ``(n, d) × (d, k²)`` product;
-- for each batch of n k×k Newton systems, ``2k³/3 + 2k²`` flops per system
-  with LU (k < 8) and ``k³/3 + 2k²`` with Cholesky (k ≥ 8).
+- for each batch of n k×k Newton systems, per system, with the method the
+  solver picks for that batch (``newton.system_factorization``):
+  ``2k³/3 + 2k²`` with LU, ``k³/3 + 2k²`` with Cholesky and
+  ``(2k − 1) k (k + 1) / 2`` with Gauss-Jordan elimination.
 
 Elementwise work (sigmoid, the certificate's sums) is not counted, so the
 achieved rate is a lower bound. The reference replays exactly the recorded
@@ -74,9 +76,9 @@ def record_work(problem, z0) -> list[tuple[str, int]]:
     work: list[tuple[str, int]] = []
     originals = {
         "canonical_parameter": ExpFamPCAProblem.canonical_parameter,
-        "_error_signal": ExpFamPCAProblem._error_signal,
+        "_value": ExpFamPCAProblem._value,
         "_curvature": ExpFamPCAProblem._curvature,
-        "_affine_data_term_parts": ExpFamPCAProblem._affine_data_term_parts,
+        "_data_slope": ExpFamPCAProblem._data_slope,
     }
     solve_rows = newton._solve_rows
 
@@ -84,25 +86,25 @@ def record_work(problem, z0) -> list[tuple[str, int]]:
         work.append(("u", z.shape[0]))
         return originals["canonical_parameter"](self, z)
 
-    def error_signal(self, u, mean):
+    def value(self, u, mean):
         work.append(("value", u.shape[0]))
-        return originals["_error_signal"](self, u, mean)
+        return originals["_value"](self, u, mean)
 
     def curvature(self, u, mean, variance):
         work.append(("hessian", variance.shape[0]))
         return originals["_curvature"](self, u, mean, variance)
 
-    def affine_data_term_parts(self):
-        if ("affine_data_term", torch.is_inference_mode_enabled()) not in self._cache:
+    def data_slope(self):
+        if ("data_slope", torch.is_inference_mode_enabled()) not in self._cache:
             work.append(("value", self.data.n_rows))
-        return originals["_affine_data_term_parts"](self)
+        return originals["_data_slope"](self)
 
     def recording_solve_rows(jacobian, residual, convex):
         work.append(("solve", jacobian.shape[0]))
         return solve_rows(jacobian, residual, convex)
 
-    replacements = {"canonical_parameter": canonical_parameter, "_error_signal": error_signal,
-                    "_curvature": curvature, "_affine_data_term_parts": affine_data_term_parts}
+    replacements = {"canonical_parameter": canonical_parameter, "_value": value,
+                    "_curvature": curvature, "_data_slope": data_slope}
     try:
         for name, function in replacements.items():
             setattr(ExpFamPCAProblem, name, function)
@@ -115,18 +117,21 @@ def record_work(problem, z0) -> list[tuple[str, int]]:
     return work
 
 
-def solve_flops(k: int) -> int:
-    """Flops of one k×k Newton system with the factorization the solver uses for k."""
-    from pyro_deq.solvers.newton import CHOLESKY_MIN_SIZE
+def solve_flops(k: int, rows: int) -> int:
+    """Flops of one k×k Newton system with the method the solver uses for a batch of ``rows``."""
+    from pyro_deq.solvers.newton import system_factorization
 
-    if k >= CHOLESKY_MIN_SIZE:
+    factorization = system_factorization(rows, k, convex=True)
+    if factorization == "elimination":
+        return (2 * k - 1) * k * (k + 1) // 2
+    if factorization == "cholesky":
         return k**3 // 3 + 2 * k * k
     return 2 * k**3 // 3 + 2 * k * k
 
 
 def counted_flops(d: int, k: int, work: list[tuple[str, int]]) -> int:
-    per_row = {"u": 2 * d * k, "value": 2 * d * k, "hessian": 2 * d * k * k, "solve": solve_flops(k)}
-    return sum(per_row[kind] * rows for kind, rows in work)
+    per_row = {"u": 2 * d * k, "value": 2 * d * k, "hessian": 2 * d * k * k}
+    return sum((solve_flops(k, rows) if kind == "solve" else per_row[kind]) * rows for kind, rows in work)
 
 
 def matmul_floor(d: int, k: int, work: list[tuple[str, int]]):

@@ -18,7 +18,7 @@ from pyro_deq.solvers.result import (
     spread_rows,
 )
 
-__all__ = ["newton_solve", "MAX_BACKTRACKS", "ROUNDING_ULPS"]
+__all__ = ["newton_solve", "system_factorization", "MAX_BACKTRACKS", "ROUNDING_ULPS"]
 
 # Halving a step 30 times shrinks it by 2**-30 (about 1e-9): below the float32
 # resolution of a unit-scale iterate and near the float64 square-root
@@ -311,15 +311,28 @@ def _solve_rows(
         ``(N,)``, or ``None`` after elimination, whose failures show only as
         non-finite solutions.
     """
-    n_rows, size = residual.shape
-    if convex and n_rows >= (ELIMINATION_MIN_ROWS if size < CHOLESKY_MIN_SIZE else ELIMINATION_MIN_ROWS_LARGE):
+    factorization = system_factorization(*residual.shape, convex)
+    if factorization == "elimination":
         return _eliminate(jacobian, residual), None
-    if convex and size >= CHOLESKY_MIN_SIZE:
+    if factorization == "cholesky":
         factor, info = torch.linalg.cholesky_ex(-jacobian.mT)
         if not bool(info.any()):
             half = torch.linalg.solve_triangular(factor, residual.unsqueeze(-1), upper=False)
             return torch.linalg.solve_triangular(factor.mT, half, upper=True).squeeze(-1), info
     return torch.linalg.solve_ex(jacobian.mT if convex else jacobian, -residual)
+
+
+def system_factorization(n_rows: int, size: int, convex: bool) -> str:
+    """Name how Newton solves ``n_rows`` systems of ``size × size``: ``"elimination"``, ``"cholesky"`` or ``"lu"``.
+
+    :param bool convex: whether the problem declares strong convexity, which
+        the first two need.
+    """
+    if not convex:
+        return "lu"
+    if n_rows >= (ELIMINATION_MIN_ROWS if size < CHOLESKY_MIN_SIZE else ELIMINATION_MIN_ROWS_LARGE):
+        return "elimination"
+    return "cholesky" if size >= CHOLESKY_MIN_SIZE else "lu"
 
 
 def _eliminate(jacobian: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:

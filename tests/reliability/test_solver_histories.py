@@ -23,7 +23,9 @@ def test_duplicate_rows_give_equal_latents(method):
     model = pyro_deq.ExpFamPCA(12, 2, family="bernoulli", weight=weight)
     z = pyro_deq.AutoDEQ(model, method=method).median(y)["z"]
     assert bool(torch.isfinite(z).all())
-    assert bool((z == z[:1]).all())
+    # Equal up to rounding only: torch's vectorized sigmoid can differ in the
+    # last bit between equal entries at different positions in memory.
+    torch.testing.assert_close(z, z[:1].expand_as(z), rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize("method", ["anderson", "picard", "newton"])
