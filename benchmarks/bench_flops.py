@@ -76,7 +76,7 @@ def record_work(problem, z0) -> list[tuple[str, int]]:
     work: list[tuple[str, int]] = []
     originals = {
         "canonical_parameter": ExpFamPCAProblem.canonical_parameter,
-        "_value": ExpFamPCAProblem._value,
+        "_error_signal": ExpFamPCAProblem._error_signal,
         "_curvature": ExpFamPCAProblem._curvature,
         "_data_slope": ExpFamPCAProblem._data_slope,
     }
@@ -86,9 +86,9 @@ def record_work(problem, z0) -> list[tuple[str, int]]:
         work.append(("u", z.shape[0]))
         return originals["canonical_parameter"](self, z)
 
-    def value(self, u, mean):
+    def error_signal(self, u, mean):
         work.append(("value", u.shape[0]))
-        return originals["_value"](self, u, mean)
+        return originals["_error_signal"](self, u, mean)
 
     def curvature(self, u, mean, variance):
         work.append(("hessian", variance.shape[0]))
@@ -103,7 +103,7 @@ def record_work(problem, z0) -> list[tuple[str, int]]:
         work.append(("solve", jacobian.shape[0]))
         return solve_rows(jacobian, residual, convex)
 
-    replacements = {"canonical_parameter": canonical_parameter, "_value": value,
+    replacements = {"canonical_parameter": canonical_parameter, "_error_signal": error_signal,
                     "_curvature": curvature, "_data_slope": data_slope}
     try:
         for name, function in replacements.items():

@@ -18,15 +18,10 @@ class ExponentialFamily:
     :cvar str name: registry name.
     :cvar float max_variance: ``sup A''(eta)``, or ``math.inf`` when unbounded;
         it enters the contraction bound ``||W||^2 sup A'' / lambda``.
-    :cvar bool unit_statistic: whether ``T(y)`` and the mean ``A'(eta)`` both
-        lie in ``[0, 1]``. Then ``(T(y) - A'(eta))^T W`` may be computed as
-        ``T(y)^T W - A'(eta)^T W`` at the cost of a few rounding units, since
-        neither term is much larger than their difference can be.
     """
 
     name: str = ""
     max_variance: float = float("inf")
-    unit_statistic: bool = False
 
     def log_partition(self, eta: torch.Tensor) -> torch.Tensor:
         """Compute the log-partition ``A(eta)``."""

@@ -45,7 +45,6 @@ class Bernoulli(ExponentialFamily):
 
     name = "bernoulli"
     max_variance = 0.25
-    unit_statistic = True
 
     def log_partition(self, eta: torch.Tensor) -> torch.Tensor:
         """Compute ``A(eta) = softplus(eta)``; same shape as ``eta``."""

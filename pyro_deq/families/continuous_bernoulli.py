@@ -76,7 +76,6 @@ class ContinuousBernoulli(ExponentialFamily):
 
     name = "continuous_bernoulli"
     max_variance = 1 / 12
-    unit_statistic = True
 
     def log_partition(self, eta: torch.Tensor) -> torch.Tensor:
         """Compute ``A(eta) = log((exp(eta) - 1) / eta)``; same shape as ``eta``."""

@@ -13,7 +13,7 @@ __all__ = ["ExpFamPCAProblem"]
 
 # Cached products that involve only the loadings, so a problem cut down to
 # some rows can keep them.
-_ROW_FREE = ("weight_outer", "scaled_outer", "weight_over_precision", "negative_weight_over_precision", "negative_eye")
+_ROW_FREE = ("weight_outer", "scaled_outer", "weight_over_precision", "negative_eye")
 
 
 class ExpFamPCAProblem(FixedPointProblem):
@@ -184,19 +184,6 @@ class ExpFamPCAProblem(FixedPointProblem):
         """Return ``W / λ``, computed once, so that the value needs no division of its own."""
         return self._cached("weight_over_precision", lambda: self.weight / self.prior_precision)
 
-    def _value(self, u: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """Compute ``f(z) = Wᵀ[m R'(u) (T(y) − A'(η))] / λ`` from ``u`` and the mean, shape ``(N, k)``.
-
-        For the identity and a family with :attr:`~pyro_deq.families.ExponentialFamily.unit_statistic`,
-        this is ``(T W − (m A'(η)) W) / λ`` with ``T W`` computed once: one
-        matrix product and no pass over the ``N × d`` entries to subtract.
-        """
-        if not (self.nonlinearity.is_identity and self.family.unit_statistic) or mean.dim() != 2:
-            return self._error_signal(u, mean) @ self._scaled_weight()
-        data_part = self._cached("data_slope_over_precision", lambda: self._data_slope() / self.prior_precision)
-        negative_weight = self._cached("negative_weight_over_precision", lambda: -self._scaled_weight())
-        return torch.addmm(data_part, self._masked(mean), negative_weight)
-
     def _data_term(self, z: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
         """``Σ_j T(y_j) η_j`` per row, shape ``(N,)``.
 
@@ -271,7 +258,7 @@ class ExpFamPCAProblem(FixedPointProblem):
             log_partition, mean, variance = self.family.log_partition_derivatives(eta)
         else:
             mean, variance = self.family.mean(eta), None
-        value = self._value(u, mean)
+        value = self._error_signal(u, mean) @ self._scaled_weight()
         evaluation = Evaluation(value=value, residual=value - z, intermediates={"u": u, "eta": eta, "mean": mean})
 
         if objective:

@@ -375,19 +375,3 @@ def test_certified_newton_rejects_overflowing_trial_point():
     assert result.stats["n_backtracks"] > 0
     assert torch.isfinite(result.z).all()
     torch.testing.assert_close(result.z.double(), reference.z, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("family_id", ["bernoulli", "continuous_bernoulli", "poisson"])
-@pytest.mark.parametrize("masked", [False, True])
-def test_value_matches_error_signal_form(family_id, masked):
-    model, y = make_problem_data(family_id, n_rows=9, n_features=7, n_components=3, seed=13)
-    mask = torch.rand(9, 7, generator=torch.Generator().manual_seed(14)) > 0.3 if masked else None
-    with torch.no_grad():
-        problem = model.problem(y, mask=mask)
-    z = torch.randn(9, 3, generator=torch.Generator().manual_seed(15), dtype=torch.float64)
-
-    u, eta = problem.canonical_parameter(z)
-    expected = problem._error_signal(u, problem.family.mean(eta)) @ problem.weight / problem.prior_precision
-    assert problem.family.unit_statistic == (family_id != "poisson")
-    torch.testing.assert_close(problem.evaluate(z).value, expected, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(problem.fixed_point_map(z), expected, rtol=1e-12, atol=1e-12)
