@@ -41,8 +41,8 @@ class ExponentialFamily:
         Newton's method computes the Jacobian at points where it already has
         the mean. Families whose variance shares a term with the mean override
         this, so that term is not computed twice. The result needs only a
-        small absolute error, as it enters Newton systems beside the prior
-        precision; Bernoulli and Binomial trade the relative accuracy of their
+        small absolute error, because it enters Newton systems beside the prior
+        precision. Bernoulli and Binomial trade the relative accuracy of their
         far tail for speed here, and :meth:`variance` keeps it.
         """
         return self.variance(eta)

@@ -48,9 +48,11 @@ CHOLESKY_MIN_SIZE = 8
 # Strongly convex problems with at least this many rows solve their Newton
 # systems by Gauss-Jordan elimination over the whole batch at once (see
 # `_eliminate`), which costs a few torch operations per latent instead of one
-# LAPACK call per row. Below these batch sizes LAPACK is faster: about 640 rows
-# for fewer than CHOLESKY_MIN_SIZE latents and 200 from there on, where the
-# batched LAPACK routines slow down several times (torch 2.13, 2-core x86_64).
+# LAPACK call per row. Below these batch sizes LAPACK was faster: 640 rows for
+# fewer than CHOLESKY_MIN_SIZE latents, and 200 from there on, where batched
+# LAPACK slows down several times (torch 2.13 with MKL, 2-core x86_64 CPU,
+# one thread). The crossover differs on other machines, and each choice
+# solves the same systems, so these values affect speed only.
 ELIMINATION_MIN_ROWS = 640
 ELIMINATION_MIN_ROWS_LARGE = 200
 
@@ -98,6 +100,8 @@ def newton_solve(
     neither test decides are checked against the objective. The Jacobian is
     computed once the accepted point is known not to be the last. Then
     ``objective_history`` is ``None``, and the objective still never rises.
+    Its Newton systems are solved by LU, Cholesky or Gauss-Jordan elimination
+    over the batch, as :func:`system_factorization` picks by their size and number.
 
     Rows that meet ``tol`` stop moving. So do rows whose Newton step is below
     ``STEP_ULPS`` rounding units of ``z`` while their residual has stopped
@@ -361,7 +365,7 @@ def _eliminate(jacobian: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         if column + 1 < size:
             system[column + 1:, column + 1:].addcmul_(system[column + 1:, column:column + 1], pivot_row, value=-1.0)
 
-    # The last column now holds J^-1 r, one latent per row of the layout.
+    # The last column now contains J^-1 r, one latent per row of the layout.
     return system[:, size].T.neg()
 
 

@@ -430,15 +430,15 @@ def evaluation_is_finite(evaluation, z: torch.Tensor | None = None) -> torch.Ten
 def _all_finite(evaluation, z: torch.Tensor, relative: torch.Tensor) -> bool:
     """Return whether every entry of the evaluation, ``z`` and the relative residual is finite.
 
-    The sum of all entries is finite only then (or not, when it overflows,
-    which :func:`evaluation_is_finite` then sorts out row by row).
+    The sum of all entries is finite only then. A sum that overflows reads
+    as not finite, and :func:`evaluation_is_finite` then checks row by row.
     """
     tensors = [evaluation.value, evaluation.residual, z, relative, evaluation.objective, evaluation.jacobian]
     return math.isfinite(sum(float(tensor.sum()) for tensor in tensors if tensor is not None))
 
 
 def _finite_or_inf(values: torch.Tensor, finite: torch.Tensor | None) -> torch.Tensor:
-    """Replace the entries of non-finite rows by ``+inf``, so no NaN reaches a result; ``None`` means all are finite."""
+    """Replace the entries of non-finite rows by ``+inf``, so no NaN reaches a result. ``None`` means all are finite."""
     if finite is None:
         return values
     return torch.where(finite, values, torch.full_like(values, math.inf))

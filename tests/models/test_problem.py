@@ -362,7 +362,7 @@ def test_eliminated_row_with_singular_system_falls_back(monkeypatch):
 
 def test_certified_newton_rejects_overflowing_trial_point():
     # From zero, the full Newton step for a count of 1e6 lands at a canonical
-    # parameter near 5e5, where exp overflows float32; the step must be halved.
+    # parameter near 5e5, where exp overflows float32. The step must be halved.
     weight = torch.ones(2, 1, dtype=torch.float32)
     model = pyro_deq.ExpFamPCA(2, 1, family="poisson", weight=weight, bias=torch.zeros(2), name="overflow")
     y = torch.tensor([[1e6, 1e6], [1.0, 2.0]])
