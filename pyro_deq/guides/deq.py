@@ -53,6 +53,12 @@ class AutoDEQ(AutoGuide):
     :param str gradient: ``"envelope"`` or ``"implicit"``.
     :param dict solver_options: further options passed to :func:`pyro_deq.solve`.
 
+    In float32, the rows of an :class:`~pyro_deq.ExpFamPCA` that the solve
+    leaves above the tolerance, where large counts or loadings make the
+    residual's rounding noise exceed it, are solved again in float64 from
+    their last iterate. ``diagnostics["result"].stats["n_refined_float64"]``
+    counts them.
+
     :ivar dict diagnostics: of the last solve: ``n_iter``, ``max_residual``,
         ``fraction_converged``, ``status`` and the full ``result``.
     """
@@ -111,8 +117,13 @@ class AutoDEQ(AutoGuide):
         options = dict(self.solver_options)
         throw = options.pop("throw", False)
         result = solve(problem, z0, method=self.method, tol=self.tol, max_iter=self.max_iter, warn=False, **options)
-        if not bool(result.converged.all()) and dtype != torch.float64 and isinstance(problem, ExpFamPCAProblem):
-            self._refine_in_float64(problem, result, options)
+        if dtype != torch.float64 and isinstance(problem, ExpFamPCAProblem):
+            # Rows that Newton's step-size test ended count as converged with a
+            # residual above the tolerance, and an ill-conditioned float32
+            # Hessian can end them short of the fixed point.
+            unfinished = ~result.converged | (result.residual > result.tol)
+            if bool(unfinished.any()):
+                self._refine_in_float64(problem, result, unfinished, options)
         if not bool(result.converged.all()):
             report_failure(result, throw)
 
@@ -125,15 +136,15 @@ class AutoDEQ(AutoGuide):
         }
         return result.z
 
-    def _refine_in_float64(self, problem, result, options: dict) -> None:
-        """Re-solve in float64 the rows that the lower-precision solve left unconverged.
+    def _refine_in_float64(self, problem, result, unfinished: torch.Tensor, options: dict) -> None:
+        """Re-solve in float64 the rows ``unfinished`` that the lower-precision solve left above the tolerance.
 
         With large counts or loadings, the rounding noise of a float32 residual
         can exceed the tolerance, so those rows can never converge in float32.
         They restart in float64 from their last iterate, against the same
         tolerance, and ``result`` is updated in place.
         """
-        rows = torch.nonzero(~result.converged).flatten()
+        rows = torch.nonzero(unfinished).flatten()
         refined = solve(
             problem.rows(rows).to(torch.float64), result.z[rows].double(), method=self.method,
             tol=result.tol, max_iter=self.max_iter, warn=False, **options,

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import pyro_deq
+import pyro_deq.guides.deq as deq_module
 from pyro_deq.cli.main import main
 from pyro_deq.initialization import initial_bias, initial_weight
 
@@ -60,6 +61,42 @@ def test_large_loadings_converge_after_float64_refinement():
         problem = model.problem(y).to(torch.float64)
         reference = pyro_deq.solve(problem, torch.zeros(20, 2, dtype=torch.float64), tol=1e-8).z
     assert torch.allclose(z.double(), reference, rtol=1e-5, atol=1e-7)
+
+
+def test_float32_rows_ended_above_the_tolerance_are_refined(monkeypatch):
+    """A float32 row counted as converged with its residual above ``tol`` is re-solved in float64.
+
+    Newton's step-size test ends rows that way when rounding hides the rest of
+    the step, which an ill-conditioned float32 Hessian can do short of the
+    fixed point. Here every float32 row stops after one iteration and is
+    reported converged, as such a row would be.
+    """
+    real_solve = deq_module.solve
+
+    def solve_ending_early(problem, z0, **options):
+        if z0.dtype == torch.float64:
+            return real_solve(problem, z0, **options)
+        result = real_solve(problem, z0, **{**options, "max_iter": 1})
+        result.converged.fill_(True)
+        return result
+
+    monkeypatch.setattr(deq_module, "solve", solve_ending_early)
+    generator = torch.Generator().manual_seed(2)
+    y = torch.bernoulli(torch.full((30, 12), 0.3), generator=generator)
+    model = pyro_deq.ExpFamPCA(12, 3, family="bernoulli", weight=torch.randn(12, 3, generator=generator))
+    guide = pyro_deq.AutoDEQ(model)
+    z = guide.median(y)["z"]
+
+    # The prior makes the negative Hessian at least the identity, so a row
+    # within the relative tolerance 3.5e-4 lies within about that of the MAP.
+    result = guide.diagnostics["result"]
+    assert bool(result.converged.all())
+    assert bool((result.residual <= result.tol).all())
+    with torch.no_grad():
+        problem = model.problem(y).to(torch.float64)
+        reference = real_solve(problem, torch.zeros(30, 3, dtype=torch.float64), tol=1e-10).z
+    assert float((z.double() - reference).abs().max()) < 1e-3
+    assert result.stats["n_refined_float64"] == 30
 
 
 def test_large_loadings_flagged_not_nan_when_iterations_run_out():
