@@ -20,8 +20,10 @@ def test_anderson_duplicate_rows_give_equal_results(make_problem, toy_problem_cl
     problem = toy_problem_class(y, p.weight, p.bias)
     result = solve(problem, zeros(problem), method="anderson", tol=1e-12)
 
+    # Each row mixes only its own history, so duplicates agree up to rounding;
+    # vectorized kernels may round a row differently by its memory position.
     assert result.converged.all()
-    torch.testing.assert_close(result.z, result.z[:1].expand(6, -1), atol=0, rtol=0)
+    torch.testing.assert_close(result.z, result.z[:1].expand(6, -1), atol=1e-14, rtol=0)
 
 
 def test_anderson_constant_map_converges_in_one_step():
