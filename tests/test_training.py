@@ -26,7 +26,7 @@ def test_unconverged_steps_warn_once():
     messages = [str(w.message) for w in caught if issubclass(w.category, pyro_deq.ConvergenceWarning)]
     assert len(messages) == 1
     assert messages[0].startswith("In 5 of 5 training steps the fixed-point solve left rows unconverged")
-    assert "did not converge after 1 iterations" in messages[0]
+    assert "did not converge after 1 iteration " in messages[0]
     assert result.n_unconverged_steps == 5
 
 

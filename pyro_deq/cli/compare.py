@@ -14,7 +14,14 @@ import pyro_deq
 from pyro_deq import datasets, families
 
 from . import UserInputError, reject_foreign_family_options
-from .fit import add_family_arguments, positive_int
+from .fit import (
+    BINOMIAL_NEEDS_COUNT,
+    add_family_arguments,
+    check_latent_dim,
+    command_line_wording,
+    positive_int,
+    seed_value,
+)
 
 
 def subset_size(text: str) -> int:
@@ -55,7 +62,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--subset", type=subset_size, metavar="N",
                         help="rows used in the conditional comparison with NUTS, at least 2 "
                              "(default: 40, or 12 with --quick)")
-    parser.add_argument("--seed", type=int, default=0, metavar="S",
+    parser.add_argument("--seed", type=seed_value, default=0, metavar="S",
                         help="random seed; the same seed gives the same report on the same machine "
                         "(default: %(default)s)")
     parser.add_argument("--out", type=output_directory, metavar="DIR",
@@ -108,6 +115,8 @@ def build_family(args: argparse.Namespace, dataset):
         params["total_count"] = args.total_count
     if args.scale is not None:
         params["scale"] = args.scale
+    if name == "binomial" and "total_count" not in params:
+        raise UserInputError(BINOMIAL_NEEDS_COUNT)
     try:
         return families.get(name, **params)
     except (TypeError, ValueError) as error:
@@ -141,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, args.family)
     family = build_family(args, dataset)
     y = dataset.to_dense()
+    check_latent_dim(args.latent_dim, y.shape[1], f"data set {args.dataset}")
 
     pyro.set_rng_seed(args.seed)
     pyro.clear_param_store()
@@ -148,7 +158,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         model.prepare(y)
     except ValueError as error:
-        raise UserInputError(f"data set {args.dataset} does not fit --family {family.name}: {error}") from None
+        raise UserInputError(
+            f"data set {args.dataset} does not fit --family {family.name}: {command_line_wording(str(error))}"
+        ) from None
 
     logger.info("comparing on %s (%d x %d, %r)%s", args.dataset, *y.shape, family, ", quick" if quick else "")
     try:

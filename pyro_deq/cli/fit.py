@@ -15,6 +15,7 @@ import torch
 
 import pyro_deq
 from pyro_deq import families, nonlinearities
+from pyro_deq._text import count_noun
 from pyro_deq.errors import NumericalError
 from pyro_deq.initialization import degenerate_columns, degenerate_rows, initial_bias, initial_weight
 from pyro_deq.training import train
@@ -28,6 +29,11 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_FILES = ("latents.csv", "loadings.csv", "diagnostics.json", "params.pt")
 
+# The largest seed NumPy's legacy seeding accepts, which pyro.set_rng_seed uses.
+MAX_SEED = 2**32 - 1
+
+BINOMIAL_NEEDS_COUNT = "--family binomial needs --total-count N, the number of trials of each entry"
+
 # Degenerate columns named in the warning before the list is shortened.
 _MAX_NAMES_SHOWN = 20
 
@@ -35,7 +41,10 @@ _MAX_NAMES_SHOWN = 20
 # their command-line equivalents.
 _OPTION_WORDING = (
     (re.compile(r"family='(\w+)'"), r"--family \1"),
+    (re.compile(r", or pass one count per entry as a tensor of shape \(\d+, \d+\)"), ""),
     (re.compile(r"`total_count`"), "--total-count"),
+    (re.compile(r"Pass `mask` with False at missing entries, or drop the rows that contain them\."),
+     "Drop the rows that contain them, or leave missing cells empty and pass --mask-missing."),
     (re.compile(r"(an )?`offset`"), "an offset column (--offset-column)"),
     (re.compile(r"`y`"), "the data"),
 )
@@ -50,6 +59,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def seed_value(text: str) -> int:
+    """Parse ``--seed``: an integer that NumPy, torch and Python all accept as a seed."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_SEED}, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_SEED}, got {text!r}")
     return value
 
 
@@ -73,7 +93,8 @@ def add_family_arguments(parser: argparse.ArgumentParser, required: bool) -> Non
     )
     parser.add_argument(
         "--total-count", type=positive_int, metavar="N",
-        help="number of trials of each entry, required by --family binomial",
+        help="number of trials of each entry, for --family binomial"
+        + (" (required)" if required else " (required unless the data set's own family is binomial)"),
     )
     parser.add_argument(
         "--scale", type=positive_float, metavar="S",
@@ -120,7 +141,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="Adam step size (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, metavar="B",
                         help="rows per SVI step (default: all rows)")
-    parser.add_argument("--seed", type=int, default=0, metavar="S",
+    parser.add_argument("--seed", type=seed_value, default=0, metavar="S",
                         help="random seed; the same seed gives the same results on the same machine "
                         "(default: %(default)s)")
     parser.add_argument("--drop-degenerate", action="store_true",
@@ -143,7 +164,7 @@ def build_family(args: argparse.Namespace):
     reject_foreign_family_options(args.family, args.total_count, args.scale)
     if args.family == "binomial":
         if args.total_count is None:
-            raise UserInputError("--family binomial needs --total-count N, the number of trials of each entry")
+            raise UserInputError(BINOMIAL_NEEDS_COUNT)
         return families.get("binomial", total_count=args.total_count)
     if args.family == "gaussian" and args.scale is not None:
         return families.get("gaussian", scale=args.scale)
@@ -155,18 +176,37 @@ def validate_data(model, matrix: MatrixFile, path: Path) -> None:
     try:
         model.prepare(matrix.y, matrix.mask, matrix.offset)
     except ValueError as error:
-        raise UserInputError(f"{path}: {_command_line_wording(str(error), matrix)}") from None
+        raise UserInputError(f"{path}: {command_line_wording(str(error), matrix.locate)}") from None
 
 
-def _command_line_wording(message: str, matrix: MatrixFile) -> str:
-    """Rewrite a validation message for the command line: file positions and option names.
+def check_latent_dim(latent_dim: int, n_columns: int, source: str) -> None:
+    """Raise :class:`UserInputError` when ``--latent-dim`` exceeds the number of columns.
+
+    More components than features cannot be identified: the extra
+    directions of the loadings only trade weight against the prior.
+    """
+    if latent_dim > n_columns:
+        raise UserInputError(
+            f"--latent-dim {latent_dim} exceeds the {count_noun(n_columns, 'column')} of {source}; "
+            f"choose at most {n_columns}"
+        )
+
+
+def command_line_wording(message: str, locate=None) -> str:
+    """Rewrite a validation message for the command line: positions counted from 1 and option names.
+
+    :param locate: ``locate(row, column)`` describing a matrix entry counted
+        from 0 as a file position, such as :meth:`MatrixFile.locate`; by
+        default ``"row R, column C"`` counted from 1.
 
     NOTE: this relies on the families' messages giving the first bad entry as
     ``(row R, column C)`` counted from 0; without that pattern the message
     keeps its matrix position.
     """
     def position(match):
-        return f"{matrix.locate(int(match.group(1)), int(match.group(2)))} (counted from 1)"
+        row, column = int(match.group(1)), int(match.group(2))
+        where = locate(row, column) if locate is not None else f"row {row + 1}, column {column + 1}"
+        return f"{where} (counted from 1)"
 
     message = _POSITION.sub(position, message)
     for pattern, replacement in _OPTION_WORDING:
@@ -189,17 +229,18 @@ def handle_degenerate(family, matrix: MatrixFile, drop: bool) -> tuple[MatrixFil
     if len(names) > _MAX_NAMES_SHOWN:
         shown += f", ... ({len(names) - _MAX_NAMES_SHOWN} more)"
     if not drop:
+        columns = "1 column has" if len(names) == 1 else f"{len(names)} columns have"
         logger.warning(
-            "%d columns have no finite maximum-likelihood bias (every observed entry at one end of the "
-            "support, or none observed): %s; their bias starts half an observation inside the support "
-            "and drifts during training; pass --drop-degenerate to drop them", len(names), shown,
+            "%s no finite maximum-likelihood bias (every observed entry at one end of the support, or none "
+            "observed): %s; their bias starts half an observation inside the support and drifts during "
+            "training; pass --drop-degenerate to drop them", columns, shown,
         )
         return matrix, report
 
     if len(found) == matrix.y.shape[1]:
         raise UserInputError("every column is degenerate (no finite maximum-likelihood bias), "
                              "so --drop-degenerate would leave no data; check --family and the file")
-    logger.warning("dropped %d degenerate columns (--drop-degenerate): %s", len(names), shown)
+    logger.warning("dropped %s (--drop-degenerate): %s", count_noun(len(names), "degenerate column"), shown)
     report["dropped"] = names
     return _drop_columns(matrix, found), report
 
@@ -214,10 +255,11 @@ def warn_degenerate_rows(family, matrix: MatrixFile) -> list[int]:
         shown = ", ".join(str(row) for row in rows[:_MAX_NAMES_SHOWN])
         if len(rows) > _MAX_NAMES_SHOWN:
             shown += f", ... ({len(rows) - _MAX_NAMES_SHOWN} more)"
+        subject = "1 row (counted from 1) has" if len(rows) == 1 else f"{len(rows)} rows (counted from 1) have"
         logger.warning(
-            "%d rows (counted from 1) have every observed entry at one end of the support, for example all "
-            "zero: %s; their latents are set by the prior and the loadings rather than by data, so consider "
-            "removing these rows", len(rows), shown,
+            "%s every observed entry at one end of the support, or none observed, for example all zero: %s; "
+            "their latents are set by the prior and the loadings rather than by data, so consider removing "
+            "these rows", subject, shown,
         )
     return rows
 
@@ -245,7 +287,7 @@ def check_converged(solver: dict, allow_unconverged: bool, nonlinearity: str = "
                  "rescale or drop those columns, or raise --steps or --max-iter")
     raise NumericalError(
         f"the latents of {len(failed)} of {n_rows} rows ({len(failed) / n_rows:.0%}; rows {shown}, "
-        f"counted from 1) did not converge: {result.status} after {result.n_iter} iterations, max relative "
+        f"counted from 1) did not converge: {result.status} after {count_noun(result.n_iter, 'iteration')}, max relative "
         f"residual {float(result.residual.max()):.3g} (tolerance {result.tol:.3g}); nothing was written. "
         f"{cause}; --allow-unconverged writes the outputs anyway",
         {"failed_rows": failed, "result": result},
@@ -300,8 +342,11 @@ def run(args: argparse.Namespace) -> int:
                            inputs=(args.file,))
     family = build_family(args)
     matrix = read_matrix(args.file, mask_missing=args.mask_missing, offset_column=args.offset_column)
+    check_latent_dim(args.latent_dim, matrix.y.shape[1], args.file)
     validate_data(pyro_deq.ExpFamPCA(matrix.y.shape[1], args.latent_dim, family=family), matrix, args.file)
     matrix, degenerate = handle_degenerate(family, matrix, args.drop_degenerate)
+    if degenerate["dropped"]:
+        check_latent_dim(args.latent_dim, matrix.y.shape[1], f"{args.file} after --drop-degenerate")
     empty_rows = warn_degenerate_rows(family, matrix)
 
     pyro.set_rng_seed(args.seed)

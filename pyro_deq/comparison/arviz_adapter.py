@@ -283,6 +283,11 @@ def save_netcdf(data, path: str | os.PathLike) -> str:
     os.close(handle)
 
     try:
+        # mkstemp creates the file readable by its owner only. Like the rest of
+        # the report, it gets the permissions of a new file under the umask.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         data.to_netcdf(temporary)
         os.replace(temporary, path)
     except BaseException:

@@ -104,7 +104,7 @@ class Binomial(ExponentialFamily):
         largest = y[above].max().item() if bool(above.any()) else 0
         reject_entries(
             self.name, y, name, above, "above `total_count`",
-            f"Raise `total_count` to at least {largest!r} there, or pass one count "
+            f"Raise `total_count` to at least {int(largest)} there, or pass one count "
             f"per entry as a tensor of shape {tuple(y.shape)}.",
         )
 

@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 
+from pyro_deq._text import count_noun
 from pyro_deq.errors import NumericalError
 from pyro_deq.solvers.problem import relative_residual
 
@@ -131,7 +132,7 @@ class SolverResult:
         worst = float(self.residual.max()) if n_rows else 0.0
         text = (
             f"{self.method}: {STATUS_MESSAGES[self.status]}; "
-            f"{n_bad} of {n_rows} rows did not converge after {self.n_iter} iterations "
+            f"{n_bad} of {n_rows} rows did not converge after {count_noun(self.n_iter, 'iteration')} "
             f"(max relative residual {worst:.3g}, tolerance {self.tol:.3g})."
         )
         if self.status in (DIVERGED, NON_FINITE, MAX_ITER) and self.method != "newton":

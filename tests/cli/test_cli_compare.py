@@ -60,7 +60,24 @@ def test_compare_passes_options_and_saves(tmp_path, fake_compare, capsys, monkey
 def test_compare_family_outside_support_exits_2(tmp_path, fake_compare, capsys):
     out = tmp_path / "report"
     assert main(["compare", "--family", "poisson", "--dataset", "breast_cancer", "--out", str(out)]) == 2
-    assert "breast_cancer" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "breast_cancer" in error
+    assert "Use --family gaussian" in error
+    assert "(counted from 1)" in error
+    assert "family='" not in error
+    assert not out.exists()
+    assert fake_compare == []
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    (["--latent-dim", "65"], "--latent-dim 65 exceeds the 64 columns of data set digits; choose at most 64"),
+    (["--seed", "-1"], "expected an integer from 0 to 4294967295, got '-1'"),
+    (["--dataset", "breast_cancer", "--family", "binomial"], "--family binomial needs --total-count N"),
+])
+def test_compare_bad_option_exits_2(arguments, expected, tmp_path, fake_compare, capsys):
+    out = tmp_path / "report"
+    assert main(["compare", "--out", str(out), *arguments]) == 2
+    assert expected in capsys.readouterr().err
     assert not out.exists()
     assert fake_compare == []
 

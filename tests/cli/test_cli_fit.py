@@ -183,6 +183,7 @@ BAD_CSV_CASES = {
     "negative under poisson": ("1,2,3\n4,-5,6\n", ["line 2, column 2", "negative", "--family gaussian"]),
     "non-integer counts": ("1,2,3\n4,5,0.25\n", ["line 2, column 3", "not integer-valued", "offset"]),
     "missing without mask": ("a,b\n1,2\n3,NA\n", ["line 3, column 2", "missing value", "--mask-missing"]),
+    "infinite value": ("1,2\n3,inf\n", ["line 2, column 2", "infinite", "--mask-missing"]),
     "empty file": ("", ["empty"]),
 }
 
@@ -235,6 +236,39 @@ def test_binomial_needs_total_count(tmp_path, capsys):
     status = main(["fit", str(path), "--family", "binomial", "--latent-dim", "1", "--out", str(tmp_path / "out")])
     assert status == 2
     assert "--total-count" in capsys.readouterr().err
+
+
+def test_binomial_count_error_names_options(tmp_path, capsys):
+    path = write_csv(tmp_path / "data.csv", torch.tensor([[1, 10], [2, 3]]))
+    out = tmp_path / "out"
+    status = main(["fit", str(path), "--family", "binomial", "--total-count", "3", "--latent-dim", "1",
+                   "--out", str(out)])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert "Raise --total-count to at least 10 there." in error
+    assert "tensor" not in error
+    assert_nothing_written(tmp_path, out)
+
+
+def test_latent_dim_above_columns_exits_2(tmp_path, capsys):
+    path = write_csv(tmp_path / "data.csv", torch.ones(5, 3, dtype=torch.int64))
+    out = tmp_path / "out"
+    assert main(["fit", str(path), "--family", "poisson", "--latent-dim", "4", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "--latent-dim 4 exceeds the 3 columns of" in error
+    assert "choose at most 3" in error
+    assert_nothing_written(tmp_path, out)
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "1.5"])
+def test_seed_out_of_range_exits_2(seed, tmp_path, capsys):
+    path = write_csv(tmp_path / "data.csv", torch.ones(5, 3, dtype=torch.int64))
+    out = tmp_path / "out"
+    assert fit(path, out, "--seed", seed) == 2
+    error = capsys.readouterr().err
+    assert "--seed" in error
+    assert f"expected an integer from 0 to 4294967295, got '{seed}'" in error
+    assert_nothing_written(tmp_path, out)
 
 
 def test_invalid_option_value_exits_2(capsys):

@@ -250,6 +250,17 @@ def test_netcdf_round_trip(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["deq.nc"]
 
 
+def test_netcdf_file_has_umask_permissions(tmp_path):
+    data = adapter.to_arviz({"z": np.zeros((5, 2))}, method="deq", point_estimate=True)
+    previous = os.umask(0o022)
+    try:
+        adapter.save_netcdf(data, tmp_path / "deq.nc")
+    finally:
+        os.umask(previous)
+
+    assert (tmp_path / "deq.nc").stat().st_mode & 0o777 == 0o644
+
+
 def test_netcdf_failed_write_leaves_nothing(tmp_path, monkeypatch):
     data = adapter.to_arviz(_sampled(), method="nuts")
     path = tmp_path / "nuts.nc"

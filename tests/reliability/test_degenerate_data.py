@@ -85,6 +85,6 @@ def test_cli_warns_about_empty_rows(tmp_path, capsys):
                    "--out", str(tmp_path / "out"), "--quiet", "--steps", "3", "--drop-degenerate"])
     assert status == 0
     err = capsys.readouterr().err
-    assert "1 rows (counted from 1) have every observed entry at one end of the support" in err
+    assert "1 row (counted from 1) has every observed entry at one end of the support" in err
     assert "all zero: 8;" in err
     assert "dropped 5 degenerate columns (--drop-degenerate): column_1, column_2, column_3, column_4, column_5" in err
