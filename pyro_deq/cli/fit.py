@@ -287,8 +287,8 @@ def check_converged(solver: dict, allow_unconverged: bool, nonlinearity: str = "
                  "rescale or drop those columns, or raise --steps or --max-iter")
     raise NumericalError(
         f"the latents of {len(failed)} of {n_rows} rows ({len(failed) / n_rows:.0%}; rows {shown}, "
-        f"counted from 1) did not converge: {result.status} after {count_noun(result.n_iter, 'iteration')}, max relative "
-        f"residual {float(result.residual.max()):.3g} (tolerance {result.tol:.3g}); nothing was written. "
+        f"counted from 1) did not converge: {result.status} after {count_noun(result.n_iter, 'iteration')}, "
+        f"max relative residual {float(result.residual.max()):.3g} (tolerance {result.tol:.3g}); nothing was written. "
         f"{cause}; --allow-unconverged writes the outputs anyway",
         {"failed_rows": failed, "result": result},
     )
