@@ -310,7 +310,7 @@ REJECTIONS = [
     ("bernoulli", {}, [[1.0, -1.0]], "negative", "family='gaussian'"),
     ("bernoulli", {}, [[1.0, 0.3]], "neither 0 nor 1", "family='continuous_bernoulli'"),
     ("bernoulli", {}, [[1.0, 3.0]], "integer-valued and above 1", "total_count=n (at least 3"),
-    ("binomial", {"total_count": 4}, [[1.0, 7.0]], "above `total_count`", "at least 7.0"),
+    ("binomial", {"total_count": 4}, [[1.0, 7.0]], "above `total_count`", "at least 7 there"),
     ("binomial", {"total_count": 4}, [[1.0, 1.5]], "not integer-valued", "proportions"),
     ("binomial", {"total_count": 4}, [[1.0, -1.0]], "negative", "family='gaussian'"),
     ("continuous_bernoulli", {}, [[0.5, 1.5]], "outside [0, 1]", "Rescale"),
