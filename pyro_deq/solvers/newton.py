@@ -406,10 +406,9 @@ def _line_search(
     """
     certify = strong_convexity is not None
     eps = torch.finfo(z.dtype).eps
-    merit = ceiling = None
+    ceiling = None
     if not certify:
-        merit = _merit(evaluation, problem.has_objective)
-        ceiling = merit + ROUNDING_ULPS * eps * (1.0 + merit.abs())
+        ceiling = _merit_ceiling(_merit(evaluation, problem.has_objective), eps)
 
     all_active = bool(active.all())
     pending = active
@@ -455,8 +454,7 @@ def _line_search(
                 stats["n_uncertified"] += int(undecided.sum())
                 if ceiling is None:
                     evaluation = problem.complete(z, evaluation, objective=True, jacobian=False)
-                    merit = evaluation.objective
-                    ceiling = merit + ROUNDING_ULPS * eps * (1.0 + merit.abs())
+                    ceiling = _merit_ceiling(evaluation.objective, eps)
                 trial = problem.complete(trial_z, trial, objective=True, jacobian=False)
                 good = good | (undecided & (trial.objective <= ceiling))
                 n_good = int(good.sum())
@@ -480,6 +478,11 @@ def _line_search(
             break
 
     return new_z, new_evaluation, accepted
+
+
+def _merit_ceiling(merit: torch.Tensor, eps: float) -> torch.Tensor:
+    """Return the largest merit per row that a step may reach: ``merit`` plus ``ROUNDING_ULPS`` rounding units."""
+    return merit + ROUNDING_ULPS * eps * (1.0 + merit.abs())
 
 
 def _select_rows(rows: torch.Tensor, chosen: Evaluation, other: Evaluation) -> Evaluation:
