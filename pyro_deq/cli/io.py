@@ -32,6 +32,7 @@ import scipy.sparse
 import torch
 
 from .._directories import apply_umask
+from .._text import count_noun
 from . import UserInputError
 
 __all__ = ["MatrixFile", "OUTPUT_MARKER", "check_output_dir", "output_directory", "read_matrix", "staged_output"]
@@ -396,7 +397,7 @@ def check_output_dir(out, force: bool, inputs: tuple = ()) -> Path:
     if out.exists() and not (out / OUTPUT_MARKER).is_file():
         entries = sorted(entry.name for entry in out.iterdir())
         listed = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-        count = "1 entry" if len(entries) == 1 else f"{len(entries)} entries"
+        count = count_noun(len(entries), "entry", "entries")
         raise UserInputError(
             f"--out {out}: the directory was not written by pyro-deq (it has no {OUTPUT_MARKER} file) and "
             f"contains {count} ({listed or 'none'}); --force replaces only earlier pyro-deq output, "

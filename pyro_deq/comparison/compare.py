@@ -30,9 +30,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_METHODS = tuple(METHODS)
 
 
-
 class SettingsError(ValueError):
     """An argument of :func:`compare` that cannot work with the data, found before any training."""
+
 
 @dataclass
 class Settings:
