@@ -63,7 +63,7 @@ def test_large_loadings_converge_after_float64_refinement():
     assert torch.allclose(z.double(), reference, rtol=1e-5, atol=1e-7)
 
 
-def test_float32_rows_ended_above_the_tolerance_are_refined(monkeypatch):
+def test_float32_step_ended_rows_refined(monkeypatch):
     """A float32 row counted as converged with its residual above ``tol`` is re-solved in float64.
 
     Newton's step-size test ends rows that way when rounding hides the rest of
